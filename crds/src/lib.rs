@@ -1,0 +1,1 @@
+//! The `AuditManager` custom resource: spec, status, defaults and validation rules.

@@ -1,0 +1,5 @@
+//! The `audit-manager` binary.
+
+fn main() {
+    println!("audit-manager {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Provisions the real components of the test environment, idempotently:
+#   - PostgreSQL server binaries (Debian package `postgresql`, installed when initdb is missing)
+#   - Java 17+ and Maven (Debian packages, when missing), then the Apache Kafka broker jars from
+#     Maven Central
+#   - etcd, kube-apiserver, kube-controller-manager and kubectl, built with `go build` from the
+#     Go module proxy
+# Everything fetched or built lands in $AUDIT_MANAGER_CACHE (default ~/.cache/audit-manager),
+# one folder per component and version, so the next run and a fresh clone reuse it.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache="${AUDIT_MANAGER_CACHE:-$HOME/.cache/audit-manager}"
+mkdir -p "$cache"
+
+step() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'provision: %s\n' "$*" >&2; exit 1; }
+
+sudo_if_needed() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=""
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found; install these packages by hand: $*"
+  if [ -z "$apt_updated" ]; then
+    step "apt-get update"
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  step "apt-get install $*"
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# ---- PostgreSQL -----------------------------------------------------------------------------
+provision_postgres() {
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  # Debian's package starts a cluster of its own; the tests never use it.
+  if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    step "creating the unprivileged user 'postgres' (initdb refuses to run as root)"
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+  fi
+  command -v openssl >/dev/null || apt_install openssl
+}
+
+# ---- Kafka ----------------------------------------------------------------------------------
+provision_kafka() {
+  local java_major=0
+  if command -v java >/dev/null; then
+    java_major=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p' | cut -d. -f1)
+  fi
+  if [ "${java_major:-0}" -lt 17 ]; then
+    apt_install openjdk-17-jre-headless
+  fi
+  command -v mvn >/dev/null || apt_install maven
+
+  local dest="$cache/kafka-$KAFKA_VERSION"
+  if [ -f "$dest/.complete" ]; then return; fi
+  step "fetching Apache Kafka $KAFKA_VERSION broker jars from Maven Central"
+  rm -rf "$dest.partial"
+  mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
+    -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime \
+    -DoutputDirectory="$dest.partial/libs" >&2
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+  touch "$dest/.complete"
+}
+
+# ---- etcd and Kubernetes --------------------------------------------------------------------
+go_build() { # go_build MODULE_DIR OUTPUT LDFLAGS PACKAGE...
+  local dir=$1 out=$2 ldflags=$3; shift 3
+  command -v go >/dev/null || die "the Go toolchain is required to build $* (not found on PATH)"
+  (cd "$dir" && go build -trimpath -ldflags="-s -w $ldflags" -o "$out" "$@") >&2
+}
+
+require_pinned() { # require_pinned GO_MOD MODULE VERSION
+  grep -q "^require $2 $3\$" "$1" \
+    || die "$1 must require '$2 $3' (tests/env/versions.env); update both together"
+}
+
+provision_kube() {
+  local etcd_dir="$cache/etcd-$ETCD_VERSION/bin"
+  if [ ! -x "$etcd_dir/etcd" ]; then
+    require_pinned "$here/etcd/go.mod" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+    step "building etcd $ETCD_VERSION (go build, first run only)"
+    mkdir -p "$etcd_dir"
+    go_build "$here/etcd" "$etcd_dir/etcd.partial" "" go.etcd.io/etcd/server/v3
+    mv "$etcd_dir/etcd.partial" "$etcd_dir/etcd"
+  fi
+
+  local k8s_dir="$cache/k8s-$KUBERNETES_VERSION/bin"
+  if [ ! -f "$k8s_dir/.complete" ]; then
+    require_pinned "$here/k8s/go.mod" k8s.io/kubernetes "$KUBERNETES_VERSION"
+    step "building kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION (go build, first run only; several minutes)"
+    mkdir -p "$k8s_dir"
+    # The release build stamps its version in; without it the binaries call themselves
+    # v0.0.0-master, and the API server derives its emulated version from that.
+    local v=k8s.io/component-base/version minor=${KUBERNETES_VERSION#v*.}
+    minor=${minor%%.*}
+    go_build "$here/k8s" "$k8s_dir/" \
+      "-X $v.gitVersion=$KUBERNETES_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kubectl
+    touch "$k8s_dir/.complete"
+  fi
+}
+
+components=("$@")
+[ ${#components[@]} -gt 0 ] || components=(postgres kafka kube)
+for c in "${components[@]}"; do
+  case "$c" in
+    postgres) provision_postgres ;;
+    kafka) provision_kafka ;;
+    kube) provision_kube ;;
+    *) die "unknown component '$c' (expected postgres, kafka or kube)" ;;
+  esac
+done
+step "test environment provisioned in $cache"

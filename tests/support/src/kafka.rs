@@ -1,0 +1,187 @@
+//! Apache Kafka: a single-node KRaft broker (combined broker and controller) run with
+//! `java -cp` from the jars Maven fetched.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::process::{self, Server};
+use crate::{Error, announce, cache_dir, pinned, require_file, scratch_dir};
+
+const COMPONENT: &str = "Kafka";
+
+/// A Kafka broker on 127.0.0.1. Dropping an instance from [`Kafka::start`] stops it.
+pub struct Kafka {
+    port: u16,
+    version: String,
+    classpath: String,
+    config: PathBuf,
+    server: Mutex<Option<Server>>,
+}
+
+impl Kafka {
+    /// Formats fresh storage and starts a broker on free ports.
+    pub fn start() -> Result<Kafka, Error> {
+        let version = pinned("KAFKA_VERSION").to_string();
+        let libs = match std::env::var_os("AUDIT_TESTENV_KAFKA_LIBS") {
+            Some(dir) => PathBuf::from(dir),
+            None => cache_dir().join(format!("kafka-{version}/libs")),
+        };
+        require_file(COMPONENT, libs.join(format!("kafka_2.13-{version}.jar")))?;
+        let classpath = format!("{}/*", libs.display());
+        let dir = scratch_dir("kafka")?;
+        let port = process::free_port()?;
+        let controller_port = process::free_port()?;
+        let config = dir.join("server.properties");
+        std::fs::write(&config, properties(&dir, port, controller_port))
+            .map_err(|e| Error::io("writing server.properties".into(), e))?;
+
+        let cluster_id = process::run(
+            COMPONENT,
+            java(
+                &classpath,
+                &dir,
+                "kafka.tools.StorageTool",
+                &["random-uuid"],
+            ),
+        )?
+        .trim()
+        .to_string();
+        let config_arg = config.display().to_string();
+        process::run(
+            COMPONENT,
+            java(
+                &classpath,
+                &dir,
+                "kafka.tools.StorageTool",
+                &[
+                    "format",
+                    "-t",
+                    &cluster_id,
+                    "-c",
+                    &config_arg,
+                    "--standalone",
+                ],
+            ),
+        )?;
+        let kafka = Kafka {
+            port,
+            version,
+            classpath,
+            config,
+            server: Mutex::new(None),
+        };
+        kafka.start_server()?;
+        announce(&format!(
+            "Apache Kafka {} (KRaft) on {}",
+            kafka.version,
+            kafka.bootstrap()
+        ));
+        Ok(kafka)
+    }
+
+    fn start_server(&self) -> Result<(), Error> {
+        let mut guard = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            return Ok(());
+        }
+        let dir = self.config.parent().unwrap_or(Path::new("/tmp"));
+        let config = self.config.display().to_string();
+        let mut cmd = java(&self.classpath, dir, "kafka.Kafka", &[&config]);
+        cmd.env("KAFKA_HEAP_OPTS", "-Xmx768m");
+        let server = Server::spawn(COMPONENT, cmd, &dir.join("kafka.log"), libc::SIGTERM)?;
+        let log = dir.join("kafka.log");
+        let port = self.port;
+        server.wait_until(Duration::from_secs(90), "started", || {
+            process::accepts(port)
+                && std::fs::read_to_string(&log)
+                    .map(|l| l.contains("Kafka Server started"))
+                    .unwrap_or(false)
+        })?;
+        *guard = Some(server);
+        Ok(())
+    }
+
+    /// Stops the broker; its data stays for [`Kafka::resume`].
+    pub fn stop(&self) {
+        if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            server.stop(Duration::from_secs(30));
+        }
+    }
+
+    /// Starts a stopped broker again on the same ports with the same data.
+    pub fn resume(&self) -> Result<(), Error> {
+        // The log is appended to; the readiness check must only see the new start.
+        let log = self.config.with_file_name("kafka.log");
+        if log.exists() {
+            let old = log.with_file_name(format!(
+                "kafka.{}.log",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0)
+            ));
+            std::fs::rename(&log, old).map_err(|e| Error::io("rotating kafka.log".into(), e))?;
+        }
+        self.start_server()
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The Kafka release the broker runs.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn java(classpath: &str, dir: &Path, main: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.args([
+        "-Xms128m",
+        "-Xmx768m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+    ])
+    .arg("-cp")
+    .arg(classpath)
+    .arg(main)
+    .args(args)
+    .current_dir(dir);
+    cmd
+}
+
+fn properties(dir: &Path, port: u16, controller_port: u16) -> String {
+    format!(
+        "process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+log.dirs={logs}
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+delete.topic.enable=true
+",
+        logs = dir.join("data").display()
+    )
+}

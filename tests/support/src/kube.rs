@@ -1,0 +1,303 @@
+//! A Kubernetes control plane: etcd and kube-apiserver built from the Go module proxy, TLS from
+//! a throwaway CA, a static admin token, and a kubeconfig for tests and for `kubectl`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{self, Server};
+use crate::{Error, announce, cache_dir, pinned, require_file, scratch_dir};
+
+/// The static bearer token of the `admin` user (group `system:masters`).
+pub const ADMIN_TOKEN: &str = "testenv-admin-token";
+
+/// A kube-apiserver with its etcd on 127.0.0.1. Dropping an instance from [`Kube::start`]
+/// stops both.
+pub struct Kube {
+    server_url: String,
+    kubeconfig: PathBuf,
+    bin_dir: PathBuf,
+    dir: PathBuf,
+    version: String,
+    etcd_version: String,
+    apiserver: Server,
+    etcd: Server,
+}
+
+impl Kube {
+    /// Starts etcd and kube-apiserver on free ports and writes a kubeconfig.
+    pub fn start() -> Result<Kube, Error> {
+        let bin_dir = match std::env::var_os("AUDIT_TESTENV_KUBE_BIN") {
+            Some(d) => PathBuf::from(d),
+            None => cache_dir().join(format!("k8s-{}/bin", pinned("KUBERNETES_VERSION"))),
+        };
+        let apiserver_bin = require_file("kube-apiserver", bin_dir.join("kube-apiserver"))?;
+        require_file("kubectl", bin_dir.join("kubectl"))?;
+        let etcd_bin = match std::env::var_os("AUDIT_TESTENV_ETCD") {
+            Some(p) => PathBuf::from(p),
+            None => cache_dir().join(format!("etcd-{}/bin/etcd", pinned("ETCD_VERSION"))),
+        };
+        let etcd_bin = require_file("etcd", etcd_bin)?;
+        let dir = scratch_dir("kube")?;
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki).map_err(|e| Error::io("creating pki dir".into(), e))?;
+        make_pki(&pki)?;
+
+        let (etcd, etcd_url, etcd_version) = start_etcd(&etcd_bin, &dir)?;
+
+        let port = process::free_port()?;
+        let tokens = dir.join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!("{ADMIN_TOKEN},admin,admin-uid,system:masters\n"),
+        )
+        .map_err(|e| Error::io("writing the token file".into(), e))?;
+        let mut cmd = Command::new(&apiserver_bin);
+        cmd.arg(format!("--etcd-servers={etcd_url}"))
+            .arg(format!("--cert-dir={}", dir.join("certs").display()))
+            .arg(format!(
+                "--tls-cert-file={}",
+                pki.join("server.crt").display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.join("server.key").display()
+            ))
+            .arg(format!("--client-ca-file={}", pki.join("ca.crt").display()))
+            .arg(format!("--secure-port={port}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--allow-privileged=true")
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--token-auth-file={}", tokens.display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.join("sa.key").display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.join("sa.key").display()
+            ))
+            // Pods need no ServiceAccount object here (no token controller runs by default).
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--storage-backend=etcd3")
+            .arg("--v=1");
+        let apiserver = Server::spawn(
+            "kube-apiserver",
+            cmd,
+            &dir.join("kube-apiserver.log"),
+            libc::SIGTERM,
+        )?;
+        let server_url = format!("https://127.0.0.1:{port}");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&server_url, &pki.join("ca.crt")),
+        )
+        .map_err(|e| Error::io("writing the kubeconfig".into(), e))?;
+        let kubectl = bin_dir.join("kubectl");
+        apiserver.wait_until(Duration::from_secs(120), "ready (/readyz)", || {
+            Command::new(&kubectl)
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .args(["get", "--raw", "/readyz"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })?;
+        let version = process::run("kube-apiserver", {
+            let mut c = Command::new(&apiserver_bin);
+            c.arg("--version");
+            c
+        })?
+        .trim()
+        .to_string();
+        announce(&format!(
+            "{version} (kube-apiserver) at {server_url}, etcd {etcd_version}, kubeconfig {}",
+            kubeconfig.display()
+        ));
+        Ok(Kube {
+            server_url,
+            kubeconfig,
+            bin_dir,
+            dir,
+            version,
+            etcd_version,
+            apiserver,
+            etcd,
+        })
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// A kubeconfig (admin token, the throwaway CA) for clients and `kubectl`.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The folder holding kube-apiserver, kube-controller-manager and kubectl.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The scratch folder of this control plane (PKI, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What `kube-apiserver --version` printed, e.g. `Kubernetes v1.36.3`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// What `etcd --version` printed first.
+    pub fn etcd_version(&self) -> &str {
+        &self.etcd_version
+    }
+
+    /// A `kubectl` command pointed at this API server.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("kubectl"));
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        cmd
+    }
+
+    /// A kube-rs client for the admin user.
+    pub async fn client(&self) -> ::kube::Client {
+        let kubeconfig = ::kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .unwrap_or_else(|e| panic!("testenv: reading {}: {e}", self.kubeconfig.display()));
+        let config = ::kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("testenv: kubeconfig {}: {e}", self.kubeconfig.display()));
+        ::kube::Client::try_from(config).unwrap_or_else(|e| panic!("testenv: kube client: {e}"))
+    }
+}
+
+impl Drop for Kube {
+    fn drop(&mut self) {
+        self.apiserver.stop(Duration::from_secs(10));
+        self.etcd.stop(Duration::from_secs(10));
+    }
+}
+
+fn start_etcd(bin: &Path, dir: &Path) -> Result<(Server, String, String), Error> {
+    let client_port = process::free_port()?;
+    let peer_port = process::free_port()?;
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        .args(["--unsafe-no-fsync", "--log-level=warn"])
+        .current_dir(dir);
+    let etcd = Server::spawn("etcd", cmd, &dir.join("etcd.log"), libc::SIGTERM)?;
+    etcd.wait_until(Duration::from_secs(60), "accepting clients", || {
+        process::accepts(client_port)
+    })?;
+    let version = process::run("etcd", {
+        let mut c = Command::new(bin);
+        c.arg("--version");
+        c
+    })?
+    .lines()
+    .next()
+    .unwrap_or_default()
+    .trim()
+    .to_string();
+    Ok((etcd, client_url, version))
+}
+
+/// A throwaway CA, a serving certificate for 127.0.0.1, and the service-account signing key.
+fn make_pki(pki: &Path) -> Result<(), Error> {
+    let openssl = |args: &[&str]| {
+        let mut c = Command::new("openssl");
+        c.args(args).current_dir(pki);
+        process::run("openssl (test PKI)", c)
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=audit-testenv-ca",
+        "-days",
+        "3650",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=kube-apiserver",
+    ])?;
+    std::fs::write(
+        pki.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n\
+         basicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| Error::io("writing server.ext".into(), e))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "3650",
+        "-extfile",
+        "server.ext",
+    ])?;
+    openssl(&["genrsa", "-out", "sa.key", "2048"])?;
+    Ok(())
+}
+
+fn kubeconfig_yaml(server: &str, ca: &Path) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    token: {ADMIN_TOKEN}
+contexts:
+- name: testenv
+  context:
+    cluster: testenv
+    user: admin
+    namespace: default
+current-context: testenv
+",
+        ca = ca.display()
+    )
+}

@@ -1,0 +1,225 @@
+//! PostgreSQL from the Debian package: a throwaway cluster in a scratch dir, run as the
+//! unprivileged `postgres` user when the tests run as root (initdb refuses root).
+
+use std::ffi::CString;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::process::{self, Server};
+use crate::{Error, announce, scratch_dir};
+
+const COMPONENT: &str = "PostgreSQL";
+/// The superuser's name and password (password auth over TCP, as in a real deployment).
+pub const SUPERUSER: &str = "postgres";
+pub const SUPERUSER_PASSWORD: &str = "testenv-superuser";
+
+/// A PostgreSQL server on 127.0.0.1. Dropping an instance from [`Postgres::start`] stops it.
+pub struct Postgres {
+    port: u16,
+    version: String,
+    bin: PathBuf,
+    data: PathBuf,
+    run_as: Option<(u32, u32)>,
+    server: Mutex<Option<Server>>,
+}
+
+impl Postgres {
+    /// Creates a new cluster and starts it on a free port.
+    pub fn start() -> Result<Postgres, Error> {
+        let bin = find_bin_dir()?;
+        let run_as = unprivileged_user()?;
+        let dir = scratch_dir("postgres")?;
+        // The server user must reach its data dir inside the scratch dir.
+        set_mode(&dir, 0o755)?;
+        if let Some((uid, gid)) = run_as {
+            chown(&dir, uid, gid)?;
+        }
+        let data = dir.join("data");
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD)
+            .map_err(|e| Error::io("writing the superuser password file".into(), e))?;
+        if let Some((uid, gid)) = run_as {
+            chown(&pwfile, uid, gid)?;
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .current_dir(&dir);
+        as_user(&mut initdb, run_as);
+        process::run(COMPONENT, initdb)?;
+        let version = process::run(COMPONENT, {
+            let mut c = Command::new(bin.join("postgres"));
+            c.arg("--version");
+            c
+        })?
+        .trim()
+        .to_string();
+
+        let pg = Postgres {
+            port: process::free_port()?,
+            version,
+            bin,
+            data,
+            run_as,
+            server: Mutex::new(None),
+        };
+        pg.start_server()?;
+        announce(&format!("{} on {}", pg.version, pg.address()));
+        Ok(pg)
+    }
+
+    fn start_server(&self) -> Result<(), Error> {
+        let mut guard = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            return Ok(());
+        }
+        let dir = self.data.parent().unwrap_or(Path::new("/tmp"));
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.display()))
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .current_dir(dir);
+        as_user(&mut cmd, self.run_as);
+        // SIGINT is PostgreSQL's fast shutdown: sessions end, the cluster stays consistent.
+        let server = Server::spawn(COMPONENT, cmd, &dir.join("postgres.log"), libc::SIGINT)?;
+        let isready = self.bin.join("pg_isready");
+        let port = self.port.to_string();
+        server.wait_until(Duration::from_secs(60), "accepting connections", || {
+            Command::new(&isready)
+                .args(["-q", "-h", "127.0.0.1", "-p", &port])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })?;
+        *guard = Some(server);
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown); the data stays for [`Postgres::resume`].
+    pub fn stop(&self) {
+        if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            server.stop(Duration::from_secs(30));
+        }
+    }
+
+    /// Starts a stopped server again on the same port with the same data.
+    pub fn resume(&self) -> Result<(), Error> {
+        self.start_server()
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// What `postgres --version` printed.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// A connection URL for the superuser to `database`.
+    pub fn superuser_url(&self, database: &str) -> String {
+        self.url(SUPERUSER, SUPERUSER_PASSWORD, database)
+    }
+
+    /// A connection URL for `user` to `database`.
+    pub fn url(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn find_bin_dir() -> Result<PathBuf, Error> {
+    if let Some(dir) = std::env::var_os("AUDIT_TESTENV_PG_BIN") {
+        return crate::require_file(COMPONENT, PathBuf::from(dir).join("initdb"))
+            .map(|p| p.with_file_name(""));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| Error::NotProvisioned {
+            component: COMPONENT.into(),
+            missing: "/usr/lib/postgresql/<major>/bin/initdb".into(),
+        })
+}
+
+/// `Some((uid, gid))` of the `postgres` user when running as root.
+fn unprivileged_user() -> Result<Option<(u32, u32)>, Error> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = CString::new("postgres").map_err(|_| Error::Start {
+        component: COMPONENT.into(),
+        reason: "bad user name".into(),
+        log: String::new(),
+    })?;
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(Error::NotProvisioned {
+            component: "the unprivileged user 'postgres' (initdb refuses to run as root)".into(),
+            missing: "/etc/passwd entry 'postgres'".into(),
+        });
+    }
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+fn as_user(cmd: &mut Command, run_as: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid)
+            .gid(gid)
+            .env("HOME", "/tmp")
+            .env("USER", "postgres");
+    }
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(|e| Error::io(format!("chown {}", path.display()), e))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
+}

@@ -1,0 +1,253 @@
+//! Child processes of the test environment: spawned so they die with the test binary, stopped
+//! at exit even when tests failed or panicked.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+/// A running server process whose output goes to a log file.
+pub(crate) struct Server {
+    name: String,
+    pid: i32,
+    stop_signal: i32,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `command` with stdout and stderr appended to `log`.
+    pub(crate) fn spawn(
+        name: &str,
+        mut command: Command,
+        log: &Path,
+        stop_signal: i32,
+    ) -> Result<Server, Error> {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| Error::io(format!("opening log {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::io("duplicating a log handle".to_string(), e))?;
+        command.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = spawn_from_keeper(command).map_err(|e| Error::Start {
+            component: name.to_string(),
+            reason: format!("cannot execute: {e}"),
+            log: String::new(),
+        })?;
+        let pid = i32::try_from(child.id()).map_err(|_| Error::Start {
+            component: name.to_string(),
+            reason: "pid out of range".into(),
+            log: String::new(),
+        })?;
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Tracked { pid, stop_signal });
+        // The keeper thread owns nothing after the spawn: reap the child from a small thread so
+        // it never lingers as a zombie once it exits.
+        thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        Ok(Server {
+            name: name.to_string(),
+            pid,
+            stop_signal,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// True while the process exists.
+    pub(crate) fn is_running(&self) -> bool {
+        // Signal 0 checks existence; a reaped child gives ESRCH.
+        unsafe { libc::kill(self.pid, 0) == 0 }
+    }
+
+    /// A start-up failure carrying the end of this server's log.
+    pub(crate) fn failed(&self, reason: impl Into<String>) -> Error {
+        Error::Start {
+            component: self.name.clone(),
+            reason: reason.into(),
+            log: tail(&self.log, 40),
+        }
+    }
+
+    /// Polls `ready` until it holds, failing early when the process dies.
+    pub(crate) fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if !self.is_running() {
+                return Err(self.failed(format!("exited before {what}")));
+            }
+            if Instant::now() > deadline {
+                return Err(self.failed(format!("not {what} after {}s", timeout.as_secs())));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the process (its stop signal, then SIGKILL after `grace`) and waits until it is gone.
+    pub(crate) fn stop(&self, grace: Duration) {
+        untrack(self.pid);
+        terminate(self.pid, self.stop_signal, grace);
+    }
+}
+
+struct Tracked {
+    pid: i32,
+    stop_signal: i32,
+}
+
+fn registry() -> &'static Mutex<Vec<Tracked>> {
+    static REGISTRY: OnceLock<Mutex<Vec<Tracked>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        // Stops every server still running when the test binary exits, whether its tests
+        // passed or not (libtest always ends through exit(3)).
+        unsafe { libc::atexit(stop_all_at_exit) };
+        Mutex::new(Vec::new())
+    })
+}
+
+fn untrack(pid: i32) {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|t| t.pid != pid);
+}
+
+extern "C" fn stop_all_at_exit() {
+    let tracked: Vec<Tracked> = match registry().lock() {
+        Ok(mut r) => r.drain(..).collect(),
+        Err(p) => p.into_inner().drain(..).collect(),
+    };
+    for t in &tracked {
+        unsafe { libc::kill(t.pid, t.stop_signal) };
+    }
+    for t in &tracked {
+        terminate(t.pid, t.stop_signal, Duration::from_secs(5));
+    }
+    crate::remove_scratch_dirs();
+}
+
+fn terminate(pid: i32, signal: i32, grace: Duration) {
+    unsafe { libc::kill(pid, signal) };
+    let deadline = Instant::now() + grace;
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        if Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns through one long-lived thread. The children ask the kernel for SIGKILL when their
+/// parent thread ends (PR_SET_PDEATHSIG), and libtest's test threads end after every test, so
+/// the parent has to be a thread that lives as long as the process.
+fn spawn_from_keeper(command: Command) -> io::Result<Child> {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("testenv-keeper".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    // SAFETY: only async-signal-safe calls between fork and exec.
+                    unsafe {
+                        command.pre_exec(|| {
+                            // Runs after any uid change, which would otherwise clear it.
+                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                                return Err(io::Error::last_os_error());
+                            }
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| panic!("testenv: cannot start the keeper thread: {e}"));
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    keeper
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((command, tx))
+        .map_err(|_| io::Error::other("keeper thread is gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("keeper thread is gone"))?
+}
+
+/// Runs a short command to completion, returning its stdout or an error with its output.
+pub(crate) fn run(component: &str, mut command: Command) -> Result<String, Error> {
+    let shown = format!("{command:?}");
+    let out = command.output().map_err(|e| Error::Start {
+        component: component.to_string(),
+        reason: format!("cannot execute {shown}: {e}"),
+        log: String::new(),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Start {
+            component: component.to_string(),
+            reason: format!("{shown} failed with {}", out.status),
+            log: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub(crate) fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::io("binding a free loopback port".into(), e))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io("reading a bound port".into(), e))
+}
+
+/// True when something accepts TCP connections on 127.0.0.1:`port`.
+pub(crate) fn accepts(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// The last `lines` lines of a log file.
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
