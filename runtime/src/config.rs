@@ -1,0 +1,644 @@
+//! The one configuration loader: built-in defaults < YAML at `$CONFIG_PATH` < environment
+//! (`AUDIT_MANAGER__SECTION__KEY`, plus the original plain `DB_*` variables).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Prefix of the layered environment variables; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "AUDIT_MANAGER__";
+
+/// Why the configuration cannot be used; every variant names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: String,
+        source: serde_yaml::Error,
+    },
+    #[error("config file {path} must hold a mapping at the top level")]
+    NotAMapping { path: String },
+    #[error("invalid configuration at `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The whole runtime configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub ingest: IngestConfig,
+    pub kafka: KafkaConfig,
+    pub database: DatabaseConfig,
+    pub components: ComponentsConfig,
+    pub log: LogConfig,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Upper bound on draining the queue to Kafka after SIGTERM.
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 8000,
+            shutdown_timeout_seconds: 60,
+        }
+    }
+}
+
+/// When a POST is answered 202.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// Once the event is in the in-process queue (the original behaviour).
+    Queued,
+    /// Once Kafka has acknowledged the event (acks=all).
+    Kafka,
+}
+
+/// The HTTP source and its queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub queue_max_size: usize,
+    pub max_batch_size: usize,
+    pub max_event_bytes: usize,
+    pub max_body_bytes: usize,
+    /// How far ahead of now an event's `time` may lie, e.g. `1h`, `90s`.
+    pub max_future_skew: String,
+    pub ack_mode: AckMode,
+    /// Seconds suggested in `Retry-After` when the queue is full.
+    pub retry_after_seconds: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            queue_max_size: 10_000,
+            max_batch_size: 500,
+            max_event_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_future_skew: "1h".into(),
+            ack_mode: AckMode::Queued,
+            retry_after_seconds: 1,
+        }
+    }
+}
+
+/// Kafka connection, topics, producer and consumer tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub client_id: String,
+    pub consumer_group: String,
+    pub producer: ProducerConfig,
+    pub consumer: ConsumerConfig,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "kafka:9092".into(),
+            topic: "openg2p.audit.events".into(),
+            dlq_topic: "openg2p.audit.dlq".into(),
+            client_id: "openg2p-audit-manager".into(),
+            consumer_group: "openg2p-audit-consumer".into(),
+            producer: ProducerConfig::default(),
+            consumer: ConsumerConfig::default(),
+        }
+    }
+}
+
+/// Producer batching; idempotence, acks=all and unbounded retries are not configurable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducerConfig {
+    pub linger_ms: u64,
+    /// none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// Events taken from the queue per publishing round.
+    pub batch_max_records: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            linger_ms: 5,
+            compression: "lz4".into(),
+            batch_max_records: 1000,
+        }
+    }
+}
+
+/// Consumer batching and database retry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub batch_max_records: usize,
+    pub flush_interval_ms: u64,
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            batch_max_records: 500,
+            flush_interval_ms: 1000,
+            retry_initial_backoff_ms: 200,
+            retry_max_backoff_ms: 30_000,
+        }
+    }
+}
+
+/// PostgreSQL connection and partition maintenance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+    pub user: String,
+    pub password: String,
+    /// disable, prefer, require, verify-ca or verify-full.
+    pub sslmode: String,
+    pub pool_max_connections: u32,
+    pub partition_pre_create_months: u32,
+    /// 0 keeps partitions forever.
+    pub partition_retention_months: u32,
+    pub partition_check_interval_seconds: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            host: "localhost".into(),
+            port: 5432,
+            name: "auditmanager".into(),
+            user: "postgres".into(),
+            password: "postgres".into(),
+            sslmode: "prefer".into(),
+            pool_max_connections: 4,
+            partition_pre_create_months: 3,
+            partition_retention_months: 84,
+            partition_check_interval_seconds: 3600,
+        }
+    }
+}
+
+/// What `serve` runs; ingest and consume can run as separate Deployments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentsConfig {
+    pub ingest: bool,
+    pub consumer: bool,
+    /// Periodic partition maintenance (under an advisory lock) inside `serve`.
+    pub maintenance: bool,
+}
+
+impl Default for ComponentsConfig {
+    fn default() -> Self {
+        ComponentsConfig {
+            ingest: true,
+            consumer: true,
+            maintenance: true,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `audit_manager=debug,info`.
+    pub level: String,
+    /// `json` or `text`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "json".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads from the process environment and `$CONFIG_PATH`.
+    pub fn load() -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Config::load_from(&env)
+    }
+
+    /// Loads with `env` standing for the process environment.
+    pub fn load_from(env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let mut tree =
+            serde_json::to_value(Config::default()).map_err(|e| invalid("", e.to_string()))?;
+        if let Some(path) = env.get("CONFIG_PATH").filter(|p| !p.is_empty()) {
+            merge(&mut tree, read_yaml(Path::new(path))?);
+        }
+        let defaults = tree.clone();
+        // The original's plain variables sit below the layered ones.
+        for (var, key) in [
+            ("DB_HOST", "database.host"),
+            ("DB_PORT", "database.port"),
+            ("DB_NAME", "database.name"),
+            ("DB_USER", "database.user"),
+            ("DB_PASSWORD", "database.password"),
+        ] {
+            if let Some(v) = env.get(var) {
+                set_path(&mut tree, &defaults, key, v)?;
+            }
+        }
+        for (var, v) in env {
+            if let Some(rest) = var.strip_prefix(ENV_PREFIX) {
+                let key = rest
+                    .split("__")
+                    .map(str::to_ascii_lowercase)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                set_path(&mut tree, &defaults, &key, v)?;
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("ingest.queue_max_size", self.ingest.queue_max_size as u64)?;
+        positive("ingest.max_batch_size", self.ingest.max_batch_size as u64)?;
+        positive("ingest.max_event_bytes", self.ingest.max_event_bytes as u64)?;
+        positive(
+            "kafka.consumer.batch_max_records",
+            self.kafka.consumer.batch_max_records as u64,
+        )?;
+        positive(
+            "kafka.consumer.flush_interval_ms",
+            self.kafka.consumer.flush_interval_ms,
+        )?;
+        positive(
+            "kafka.producer.batch_max_records",
+            self.kafka.producer.batch_max_records as u64,
+        )?;
+        positive(
+            "database.pool_max_connections",
+            u64::from(self.database.pool_max_connections),
+        )?;
+        positive(
+            "database.partition_check_interval_seconds",
+            self.database.partition_check_interval_seconds,
+        )?;
+        if self.ingest.max_batch_size > self.ingest.queue_max_size {
+            return Err(invalid(
+                "ingest.max_batch_size",
+                format!(
+                    "{} exceeds ingest.queue_max_size {}: such a batch could never be accepted",
+                    self.ingest.max_batch_size, self.ingest.queue_max_size
+                ),
+            ));
+        }
+        if self.ingest.max_body_bytes < self.ingest.max_event_bytes {
+            return Err(invalid(
+                "ingest.max_body_bytes",
+                "must be at least ingest.max_event_bytes",
+            ));
+        }
+        parse_duration(&self.ingest.max_future_skew)
+            .map_err(|m| invalid("ingest.max_future_skew", m))?;
+        for (key, v) in [
+            ("kafka.bootstrap_servers", &self.kafka.bootstrap_servers),
+            ("kafka.topic", &self.kafka.topic),
+            ("kafka.dlq_topic", &self.kafka.dlq_topic),
+            ("kafka.consumer_group", &self.kafka.consumer_group),
+            ("kafka.client_id", &self.kafka.client_id),
+        ] {
+            if v.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        if self.kafka.topic == self.kafka.dlq_topic {
+            return Err(invalid("kafka.dlq_topic", "must differ from kafka.topic"));
+        }
+        const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+        if !CODECS.contains(&self.kafka.producer.compression.as_str()) {
+            return Err(invalid(
+                "kafka.producer.compression",
+                format!(
+                    "`{}` is not one of {}",
+                    self.kafka.producer.compression,
+                    CODECS.join(", ")
+                ),
+            ));
+        }
+        const SSL: [&str; 5] = ["disable", "prefer", "require", "verify-ca", "verify-full"];
+        if !SSL.contains(&self.database.sslmode.as_str()) {
+            return Err(invalid(
+                "database.sslmode",
+                format!(
+                    "`{}` is not one of {}",
+                    self.database.sslmode,
+                    SSL.join(", ")
+                ),
+            ));
+        }
+        if !["json", "text"].contains(&self.log.format.as_str()) {
+            return Err(invalid("log.format", "must be `json` or `text`"));
+        }
+        if self.kafka.consumer.retry_initial_backoff_ms > self.kafka.consumer.retry_max_backoff_ms {
+            return Err(invalid(
+                "kafka.consumer.retry_initial_backoff_ms",
+                "must not exceed kafka.consumer.retry_max_backoff_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `ingest.max_future_skew` as a duration (validated at load).
+    pub fn max_future_skew(&self) -> Duration {
+        parse_duration(&self.ingest.max_future_skew).unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// The effective configuration with secrets replaced, for `GET /config`.
+    pub fn redacted(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(p) = v.pointer_mut("/database/password") {
+            *p = Value::String("***".into());
+        }
+        v
+    }
+}
+
+fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let yaml: Value = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+        path: shown.clone(),
+        source,
+    })?;
+    let yaml = match yaml {
+        Value::Null => Value::Object(Default::default()),
+        Value::Object(mut map) => match map.remove("audit_manager") {
+            // The original wraps everything in `audit_manager:`.
+            Some(inner) if map.is_empty() => inner,
+            Some(_) => {
+                return Err(invalid(
+                    "audit_manager",
+                    format!("{shown}: keys beside `audit_manager` are not allowed"),
+                ));
+            }
+            None => Value::Object(map),
+        },
+        _ => return Err(ConfigError::NotAMapping { path: shown }),
+    };
+    if !yaml.is_object() {
+        return Err(ConfigError::NotAMapping { path: shown });
+    }
+    Ok(yaml)
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Sets `key` (dotted) from an environment string, typed like the default at that key.
+fn set_path(tree: &mut Value, defaults: &Value, key: &str, raw: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let pointer = format!("/{}", parts.join("/"));
+    let value = match defaults.pointer(&pointer) {
+        Some(Value::Number(_)) => raw
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .or_else(|_| raw.trim().parse::<f64>().map(Value::from))
+            .map_err(|_| invalid(key, format!("`{raw}` is not a number")))?,
+        Some(Value::Bool(_)) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Value::Bool(true),
+            "false" | "0" | "no" | "off" => Value::Bool(false),
+            _ => return Err(invalid(key, format!("`{raw}` is not a boolean"))),
+        },
+        Some(Value::Object(_)) => {
+            return Err(invalid(key, "is a section; set one of its keys"));
+        }
+        Some(_) => Value::String(raw.to_string()),
+        None => return Err(invalid(key, "unknown configuration key")),
+    };
+    if let Some(slot) = tree.pointer_mut(&pointer) {
+        *slot = value;
+    }
+    Ok(())
+}
+
+/// Parses `90s`, `15m`, `1h`, `2d` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 90s, 15m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{text}` has an unknown unit (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn yaml_file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_follow_the_original() {
+        let c = Config::load_from(&env(&[])).expect("defaults load");
+        assert_eq!(c.ingest.queue_max_size, 10_000);
+        assert_eq!(c.ingest.max_batch_size, 500);
+        assert_eq!(c.kafka.topic, "openg2p.audit.events");
+        assert_eq!(c.kafka.dlq_topic, "openg2p.audit.dlq");
+        assert_eq!(c.kafka.client_id, "openg2p-audit-manager");
+        assert_eq!(c.kafka.consumer_group, "openg2p-audit-consumer");
+        assert_eq!(c.kafka.consumer.batch_max_records, 500);
+        assert_eq!(c.kafka.consumer.flush_interval_ms, 1000);
+        assert_eq!(c.database.partition_pre_create_months, 3);
+        assert_eq!(c.database.partition_retention_months, 84);
+        assert_eq!(c.database.partition_check_interval_seconds, 3600);
+        assert_eq!(c.max_future_skew(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn env_overrides_yaml_which_overrides_defaults() {
+        let f = yaml_file(
+            "audit_manager:\n  ingest:\n    queue_max_size: 2000\n    max_batch_size: 100\n  kafka:\n    topic: from.yaml\n",
+        );
+        let path = f.path().to_string_lossy().to_string();
+        let c = Config::load_from(&env(&[
+            ("CONFIG_PATH", &path),
+            ("AUDIT_MANAGER__INGEST__QUEUE_MAX_SIZE", "3000"),
+        ]))
+        .expect("load");
+        assert_eq!(c.ingest.queue_max_size, 3000, "env wins over YAML");
+        assert_eq!(c.ingest.max_batch_size, 100, "YAML wins over defaults");
+        assert_eq!(c.kafka.topic, "from.yaml");
+    }
+
+    #[test]
+    fn plain_db_variables_work_and_layered_ones_win() {
+        let c = Config::load_from(&env(&[
+            ("DB_HOST", "db.example"),
+            ("DB_PORT", "6543"),
+            ("DB_PASSWORD", "s3cret"),
+            ("AUDIT_MANAGER__DATABASE__HOST", "layered.example"),
+        ]))
+        .expect("load");
+        assert_eq!(c.database.host, "layered.example");
+        assert_eq!(c.database.port, 6543);
+        assert_eq!(c.database.password, "s3cret");
+        assert_eq!(c.redacted()["database"]["password"], "***");
+    }
+
+    #[test]
+    fn a_numeric_looking_string_stays_a_string() {
+        let c =
+            Config::load_from(&env(&[("AUDIT_MANAGER__KAFKA__CLIENT_ID", "12345")])).expect("load");
+        assert_eq!(c.kafka.client_id, "12345");
+    }
+
+    fn error_of(pairs: &[(&str, &str)]) -> String {
+        Config::load_from(&env(pairs))
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = error_of(&[("AUDIT_MANAGER__INGEST__QUEUE_MAX_SIZE", "lots")]);
+        assert!(
+            e.contains("ingest.queue_max_size") && e.contains("lots"),
+            "{e}"
+        );
+        let e = error_of(&[("AUDIT_MANAGER__INGEST__QUEUE_MAX_SIZE", "0")]);
+        assert!(e.contains("ingest.queue_max_size"), "{e}");
+        let e = error_of(&[("AUDIT_MANAGER__INGEST__ACK_MODE", "sometimes")]);
+        assert!(e.contains("ingest.ack_mode"), "{e}");
+        let e = error_of(&[("AUDIT_MANAGER__INGEST__MAX_FUTURE_SKEW", "1 fortnight")]);
+        assert!(e.contains("ingest.max_future_skew"), "{e}");
+        let e = error_of(&[("AUDIT_MANAGER__KAFKA__NOPE", "x")]);
+        assert!(e.contains("kafka.nope") && e.contains("unknown"), "{e}");
+        let e = error_of(&[("DB_PORT", "99999")]);
+        assert!(e.contains("database.port"), "{e}");
+        let e = error_of(&[("AUDIT_MANAGER__KAFKA__PRODUCER__COMPRESSION", "brotli")]);
+        assert!(e.contains("kafka.producer.compression"), "{e}");
+    }
+
+    #[test]
+    fn unknown_yaml_keys_are_refused_with_their_path() {
+        let f = yaml_file("ingest:\n  queue_max_sise: 5\n");
+        let path = f.path().to_string_lossy().to_string();
+        let e = error_of(&[("CONFIG_PATH", &path)]);
+        assert!(e.contains("ingest") && e.contains("queue_max_sise"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_defaults_file_matches_the_built_in_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/default.yaml");
+        let c = Config::load_from(&env(&[("CONFIG_PATH", path)])).expect("default.yaml loads");
+        assert_eq!(
+            serde_json::to_value(&c).expect("json"),
+            serde_json::to_value(Config::default()).expect("json"),
+            "config/default.yaml documents every key with the built-in default"
+        );
+        let text = std::fs::read_to_string(path).expect("read");
+        let documented: Value =
+            serde_yaml::from_str::<Value>(&text).expect("yaml")["audit_manager"].clone();
+        fn keys(v: &Value, prefix: &str, out: &mut Vec<String>) {
+            if let Value::Object(m) = v {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    keys(v, &p, out);
+                }
+            } else {
+                out.push(prefix.to_string());
+            }
+        }
+        let (mut want, mut have) = (vec![], vec![]);
+        keys(
+            &serde_json::to_value(Config::default()).expect("json"),
+            "",
+            &mut want,
+        );
+        keys(&documented, "", &mut have);
+        assert_eq!(have, want, "every key appears in config/default.yaml");
+    }
+}

@@ -1,0 +1,718 @@
+//! The validation rules of SPEC §2.2, each reported against its field path.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+use super::{FieldError, ValidEvent, id, traceparent};
+
+/// Context attributes defined by CloudEvents 1.0 (and the tracing extension) that the rules
+/// below handle by name; any other top-level key is an extension attribute.
+const KNOWN: [&str; 11] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+    "traceparent",
+];
+const ACTOR_TYPES: [&str; 4] = ["user", "system", "service", "anonymous"];
+const OUTCOMES: [&str; 3] = ["success", "failure", "denied"];
+
+/// The limits an event is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_event_bytes: usize,
+    pub max_future_skew: std::time::Duration,
+    /// 0 = no lower bound on `time`.
+    pub retention_months: u32,
+}
+
+impl Limits {
+    /// The earliest accepted `time`: the first instant of the oldest retained month.
+    pub fn window_start(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.retention_months == 0 {
+            return None;
+        }
+        let month_start = Utc
+            .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+            .single()?;
+        month_start.checked_sub_months(Months::new(self.retention_months))
+    }
+}
+
+/// What went wrong with an event as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// One entry per offending field (AUD-002).
+    Fields(Vec<FieldError>),
+    /// The serialized event exceeds `max_event_bytes` (AUD-003).
+    TooLarge { size: usize, limit: usize },
+}
+
+/// Validates one event, fills a missing `id`, and returns it ready to publish.
+pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<ValidEvent, Invalid> {
+    let Value::Object(mut event) = value else {
+        return Err(Invalid::Fields(vec![FieldError::new(
+            "",
+            format!("an event must be a JSON object, not {}", kind(&value)),
+        )]));
+    };
+    let mut errors = Vec::new();
+
+    match event.get("specversion") {
+        Some(Value::String(v)) if v == "1.0" => {}
+        Some(Value::String(v)) => errors.push(FieldError::new(
+            "specversion",
+            format!("must be \"1.0\", got \"{v}\""),
+        )),
+        other => errors.push(missing_or_type("specversion", other, "the string \"1.0\"")),
+    }
+    if event.contains_key("id") {
+        non_empty_string(&event, "id", "id", &mut errors);
+    }
+    non_empty_string(&event, "source", "source", &mut errors);
+    non_empty_string(&event, "type", "type", &mut errors);
+    let occurred_at = check_time(event.get("time"), limits, now, &mut errors);
+    if event.contains_key("subject") {
+        non_empty_string(&event, "subject", "subject", &mut errors);
+    }
+    match event.get("datacontenttype") {
+        None => {}
+        Some(Value::String(ct)) if is_json_media_type(ct) => {}
+        Some(Value::String(ct)) => errors.push(FieldError::new(
+            "datacontenttype",
+            format!("must be a JSON media type such as application/json, got \"{ct}\""),
+        )),
+        Some(other) => errors.push(FieldError::new(
+            "datacontenttype",
+            format!("must be a string, not {}", kind(other)),
+        )),
+    }
+    if event.contains_key("dataschema") {
+        non_empty_string(&event, "dataschema", "dataschema", &mut errors);
+    }
+    match event.get("traceparent") {
+        None => {}
+        Some(Value::String(tp)) => {
+            if let Err(why) = traceparent::check(tp) {
+                errors.push(FieldError::new("traceparent", why));
+            }
+        }
+        Some(other) => errors.push(FieldError::new(
+            "traceparent",
+            format!("must be a string, not {}", kind(other)),
+        )),
+    }
+    if event.contains_key("data_base64") {
+        errors.push(FieldError::new(
+            "data_base64",
+            "binary data is not accepted; send `data` as a JSON object",
+        ));
+    }
+    for (name, v) in &event {
+        if KNOWN.contains(&name.as_str()) {
+            continue;
+        }
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            errors.push(FieldError::new(
+                name.clone(),
+                "extension attribute names must be lowercase letters and digits only",
+            ));
+        } else if !matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+            errors.push(FieldError::new(
+                name.clone(),
+                format!(
+                    "extension attribute values must be a string, number or boolean, not {}",
+                    kind(v)
+                ),
+            ));
+        }
+    }
+    match event.get_mut("data") {
+        Some(Value::Object(data)) => check_data(data, &mut errors),
+        other => errors.push(missing_or_type("data", other.map(|v| &*v), "an object")),
+    }
+
+    if !errors.is_empty() {
+        return Err(Invalid::Fields(errors));
+    }
+    if !event.contains_key("id") {
+        let generated = id::content_id(&event);
+        event.insert("id".into(), Value::String(generated));
+    }
+    let occurred_at = occurred_at.unwrap_or(now);
+    let valid = ValidEvent {
+        attributes: event,
+        occurred_at,
+    };
+    let size = valid.to_json().len();
+    if size > limits.max_event_bytes {
+        return Err(Invalid::TooLarge {
+            size,
+            limit: limits.max_event_bytes,
+        });
+    }
+    Ok(valid)
+}
+
+fn check_data(data: &mut Map<String, Value>, errors: &mut Vec<FieldError>) {
+    match data.get_mut("actor") {
+        Some(Value::Object(actor)) => {
+            match actor.get("type") {
+                // The original defaults a missing actor type to `user`; store it explicitly.
+                None => {
+                    actor.insert("type".into(), Value::String("user".into()));
+                }
+                Some(Value::String(t)) if ACTOR_TYPES.contains(&t.as_str()) => {}
+                Some(other) => errors.push(one_of("data.actor.type", other, &ACTOR_TYPES)),
+            }
+            non_empty_string(actor, "id", "data.actor.id", errors);
+            for key in ["name", "session_id"] {
+                if let Some(v) = actor.get(key)
+                    && !v.is_string()
+                {
+                    errors.push(FieldError::new(
+                        format!("data.actor.{key}"),
+                        format!("must be a string, not {}", kind(v)),
+                    ));
+                }
+            }
+            match actor.get("ip") {
+                None => {}
+                Some(Value::String(ip)) if ip.parse::<IpAddr>().is_ok() => {}
+                Some(Value::String(ip)) => errors.push(FieldError::new(
+                    "data.actor.ip",
+                    format!("\"{ip}\" is not an IPv4 or IPv6 address"),
+                )),
+                Some(other) => errors.push(FieldError::new(
+                    "data.actor.ip",
+                    format!("must be a string, not {}", kind(other)),
+                )),
+            }
+            match actor.get("roles") {
+                None => {}
+                Some(Value::Array(roles)) => {
+                    for (i, r) in roles.iter().enumerate() {
+                        if !r.is_string() {
+                            errors.push(FieldError::new(
+                                format!("data.actor.roles[{i}]"),
+                                format!("must be a string, not {}", kind(r)),
+                            ));
+                        }
+                    }
+                }
+                Some(other) => errors.push(FieldError::new(
+                    "data.actor.roles",
+                    format!("must be an array of strings, not {}", kind(other)),
+                )),
+            }
+        }
+        other => errors.push(missing_or_type(
+            "data.actor",
+            other.map(|v| &*v),
+            "an object",
+        )),
+    }
+    non_empty_string(data, "action", "data.action", errors);
+    match data.get("outcome") {
+        Some(Value::String(o)) if OUTCOMES.contains(&o.as_str()) => {}
+        None => errors.push(FieldError::new("data.outcome", "is required")),
+        Some(other) => errors.push(one_of("data.outcome", other, &OUTCOMES)),
+    }
+    match data.get("resource") {
+        None => {}
+        Some(Value::Object(resource)) => {
+            non_empty_string(resource, "type", "data.resource.type", errors);
+            if let Some(v) = resource.get("id")
+                && !v.is_string()
+            {
+                errors.push(FieldError::new(
+                    "data.resource.id",
+                    format!("must be a string, not {}", kind(v)),
+                ));
+            }
+        }
+        Some(other) => errors.push(FieldError::new(
+            "data.resource",
+            format!("must be an object, not {}", kind(other)),
+        )),
+    }
+    if let Some(v) = data.get("reason")
+        && !v.is_string()
+    {
+        errors.push(FieldError::new(
+            "data.reason",
+            format!("must be a string, not {}", kind(v)),
+        ));
+    }
+}
+
+fn check_time(
+    value: Option<&Value>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> Option<DateTime<Utc>> {
+    let text = match value {
+        Some(Value::String(s)) => s,
+        other => {
+            errors.push(missing_or_type(
+                "time",
+                other,
+                "an RFC 3339 timestamp with an offset, e.g. 2026-04-22T14:03:21Z",
+            ));
+            return None;
+        }
+    };
+    let Ok(parsed) = DateTime::parse_from_rfc3339(text) else {
+        errors.push(FieldError::new(
+            "time",
+            format!(
+                "\"{text}\" is not an RFC 3339 timestamp with an offset (date, time and Z or ±hh:mm), e.g. 2026-04-22T14:03:21Z"
+            ),
+        ));
+        return None;
+    };
+    let at = parsed.with_timezone(&Utc);
+    let skew =
+        chrono::Duration::from_std(limits.max_future_skew).unwrap_or(chrono::Duration::hours(1));
+    if at > now + skew {
+        errors.push(FieldError::new(
+            "time",
+            format!(
+                "{text} lies more than {}s in the future",
+                limits.max_future_skew.as_secs()
+            ),
+        ));
+        return None;
+    }
+    if let Some(start) = limits.window_start(now)
+        && at < start
+    {
+        errors.push(FieldError::new(
+            "time",
+            format!(
+                "{text} is older than the retention window, which starts at {}",
+                start.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        ));
+        return None;
+    }
+    Some(at)
+}
+
+fn is_json_media_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+fn non_empty_string(obj: &Map<String, Value>, key: &str, path: &str, errors: &mut Vec<FieldError>) {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => {}
+        Some(Value::String(_)) => errors.push(FieldError::new(path, "must not be empty")),
+        other => errors.push(missing_or_type(path, other, "a non-empty string")),
+    }
+}
+
+fn missing_or_type(path: &str, value: Option<&Value>, want: &str) -> FieldError {
+    match value {
+        None | Some(Value::Null) => FieldError::new(path, "is required"),
+        Some(v) => FieldError::new(path, format!("must be {want}, not {}", kind(v))),
+    }
+}
+
+fn one_of(path: &str, value: &Value, allowed: &[&str]) -> FieldError {
+    let got = match value {
+        Value::String(s) => format!("\"{s}\""),
+        other => kind(other).to_string(),
+    };
+    FieldError::new(
+        path,
+        format!("must be one of {}, got {got}", allowed.join(", ")),
+    )
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 4, 22, 15, 0, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_event_bytes: 64 * 1024,
+            max_future_skew: std::time::Duration::from_secs(3600),
+            retention_months: 84,
+        }
+    }
+
+    fn login() -> Value {
+        json!({
+            "specversion": "1.0", "id": "demo-1", "source": "/demo",
+            "type": "org.openg2p.auth.login", "time": "2026-04-22T14:03:21Z",
+            "data": {"actor": {"type": "user", "id": "u_1", "name": "demo"},
+                     "action": "login", "outcome": "success"}
+        })
+    }
+
+    fn with(mut base: Value, pointer: &str, v: Option<Value>) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+        let obj = base
+            .pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .expect("parent object");
+        match v {
+            Some(v) => obj.insert(key.to_string(), v),
+            None => obj.remove(key),
+        };
+        base
+    }
+
+    /// The paths of the errors an event produces.
+    fn refused(event: Value) -> Vec<String> {
+        match validate(event, &limits(), now()) {
+            Ok(_) => panic!("event was accepted"),
+            Err(Invalid::Fields(errs)) => errs.into_iter().map(|e| e.path).collect(),
+            Err(Invalid::TooLarge { .. }) => vec!["<too large>".into()],
+        }
+    }
+
+    #[test]
+    fn the_smoke_test_event_is_accepted_unchanged() {
+        let ev = validate(login(), &limits(), now()).expect("valid");
+        assert_eq!(ev.id(), "demo-1");
+        assert_eq!(ev.partition_key(), "u_1");
+        assert_eq!(Value::Object(ev.attributes.clone()), login());
+    }
+
+    #[test]
+    fn subject_is_the_partition_key_when_present() {
+        let ev = validate(
+            with(login(), "/subject", Some(json!("b_1"))),
+            &limits(),
+            now(),
+        )
+        .expect("valid");
+        assert_eq!(ev.partition_key(), "b_1");
+    }
+
+    #[test]
+    fn specversion_must_be_1_0() {
+        assert_eq!(
+            refused(with(login(), "/specversion", Some(json!("0.3")))),
+            ["specversion"]
+        );
+        assert_eq!(
+            refused(with(login(), "/specversion", None)),
+            ["specversion"]
+        );
+        assert_eq!(
+            refused(with(login(), "/specversion", Some(json!(1.0)))),
+            ["specversion"]
+        );
+    }
+
+    #[test]
+    fn source_and_type_must_be_non_empty_strings() {
+        assert_eq!(
+            refused(with(login(), "/source", Some(json!("")))),
+            ["source"]
+        );
+        assert_eq!(refused(with(login(), "/source", None)), ["source"]);
+        assert_eq!(refused(with(login(), "/type", Some(json!(7)))), ["type"]);
+    }
+
+    #[test]
+    fn an_empty_id_is_refused() {
+        assert_eq!(refused(with(login(), "/id", Some(json!("")))), ["id"]);
+        assert_eq!(refused(with(login(), "/id", Some(json!(12)))), ["id"]);
+    }
+
+    #[test]
+    fn a_missing_id_is_derived_from_the_content() {
+        let a = validate(with(login(), "/id", None), &limits(), now()).expect("valid");
+        let b = validate(with(login(), "/id", None), &limits(), now()).expect("valid");
+        assert_eq!(a.id(), b.id());
+        assert!(!a.id().is_empty());
+        let c = validate(
+            with(
+                with(login(), "/id", None),
+                "/data/action",
+                Some(json!("logout")),
+            ),
+            &limits(),
+            now(),
+        )
+        .expect("valid");
+        assert_ne!(a.id(), c.id());
+    }
+
+    #[test]
+    fn time_must_be_rfc3339_with_an_offset() {
+        for bad in [
+            json!("2026-04-22T14:03:21"),
+            json!("2026-04-22"),
+            json!(1776866601),
+            json!("22/04/2026 14:03"),
+            json!(null),
+        ] {
+            assert_eq!(
+                refused(with(login(), "/time", Some(bad.clone()))),
+                ["time"],
+                "{bad}"
+            );
+        }
+        assert_eq!(refused(with(login(), "/time", None)), ["time"]);
+        validate(
+            with(login(), "/time", Some(json!("2026-04-22T19:33:21+05:30"))),
+            &limits(),
+            now(),
+        )
+        .expect("offsets other than Z are fine");
+    }
+
+    #[test]
+    fn time_must_lie_inside_the_retention_window_and_not_too_far_ahead() {
+        assert_eq!(
+            refused(with(login(), "/time", Some(json!("2026-04-22T16:00:01Z")))),
+            ["time"]
+        );
+        validate(
+            with(login(), "/time", Some(json!("2026-04-22T15:59:59Z"))),
+            &limits(),
+            now(),
+        )
+        .expect("inside the skew");
+        assert_eq!(
+            refused(with(login(), "/time", Some(json!("2019-03-31T23:59:59Z")))),
+            ["time"]
+        );
+        validate(
+            with(login(), "/time", Some(json!("2019-04-01T00:00:00Z"))),
+            &limits(),
+            now(),
+        )
+        .expect("first instant of the window");
+    }
+
+    #[test]
+    fn datacontenttype_must_be_json() {
+        assert_eq!(
+            refused(with(login(), "/datacontenttype", Some(json!("text/plain")))),
+            ["datacontenttype"]
+        );
+        validate(
+            with(
+                login(),
+                "/datacontenttype",
+                Some(json!("application/json; charset=utf-8")),
+            ),
+            &limits(),
+            now(),
+        )
+        .expect("json with parameters");
+    }
+
+    #[test]
+    fn traceparent_must_be_w3c() {
+        assert_eq!(
+            refused(with(login(), "/traceparent", Some(json!("abc")))),
+            ["traceparent"]
+        );
+    }
+
+    #[test]
+    fn extension_names_must_be_lowercase_alphanumeric_and_are_kept() {
+        assert_eq!(
+            refused(with(login(), "/TenantId", Some(json!("x")))),
+            ["TenantId"]
+        );
+        assert_eq!(
+            refused(with(login(), "/tenant_id", Some(json!("x")))),
+            ["tenant_id"]
+        );
+        assert_eq!(
+            refused(with(login(), "/tenant", Some(json!({"a": 1})))),
+            ["tenant"]
+        );
+        let ev = validate(
+            with(login(), "/tenant", Some(json!("t1"))),
+            &limits(),
+            now(),
+        )
+        .expect("valid");
+        assert_eq!(ev.attributes["tenant"], "t1");
+    }
+
+    #[test]
+    fn data_is_required_and_binary_data_refused() {
+        assert_eq!(refused(with(login(), "/data", None)), ["data"]);
+        assert_eq!(
+            refused(with(login(), "/data", Some(json!("text")))),
+            ["data"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data_base64", Some(json!("aGk=")))),
+            ["data_base64"]
+        );
+    }
+
+    #[test]
+    fn actor_rules() {
+        assert_eq!(refused(with(login(), "/data/actor", None)), ["data.actor"]);
+        assert_eq!(
+            refused(with(login(), "/data/actor/id", Some(json!("")))),
+            ["data.actor.id"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/actor/id", None)),
+            ["data.actor.id"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/actor/type", Some(json!("robot")))),
+            ["data.actor.type"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/actor/ip", Some(json!("999.1.1.1")))),
+            ["data.actor.ip"]
+        );
+        assert_eq!(
+            refused(with(
+                login(),
+                "/data/actor/roles",
+                Some(json!(["admin", 3]))
+            )),
+            ["data.actor.roles[1]"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/actor/roles", Some(json!("admin")))),
+            ["data.actor.roles"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/actor/name", Some(json!(5)))),
+            ["data.actor.name"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/actor/session_id", Some(json!([])))),
+            ["data.actor.session_id"]
+        );
+        let ev =
+            validate(with(login(), "/data/actor/type", None), &limits(), now()).expect("valid");
+        assert_eq!(
+            ev.data()["actor"]["type"],
+            "user",
+            "actor.type defaults to user"
+        );
+        let ev = validate(
+            with(login(), "/data/actor/department", Some(json!("x"))),
+            &limits(),
+            now(),
+        )
+        .expect("extra actor keys are kept");
+        assert_eq!(ev.data()["actor"]["department"], "x");
+    }
+
+    #[test]
+    fn action_outcome_resource_and_reason_rules() {
+        assert_eq!(
+            refused(with(login(), "/data/action", Some(json!("")))),
+            ["data.action"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/outcome", Some(json!("ok")))),
+            ["data.outcome"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/outcome", None)),
+            ["data.outcome"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/resource", Some(json!({"id": "b_1"})))),
+            ["data.resource.type"]
+        );
+        assert_eq!(
+            refused(with(
+                login(),
+                "/data/resource",
+                Some(json!({"type": "b", "id": 12}))
+            )),
+            ["data.resource.id"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/resource", Some(json!([1])))),
+            ["data.resource"]
+        );
+        assert_eq!(
+            refused(with(login(), "/data/reason", Some(json!(false)))),
+            ["data.reason"]
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let bad = json!({"specversion": "2.0", "source": "", "type": "t", "time": "yesterday",
+                         "data": {"actor": {"id": ""}, "action": "a", "outcome": "maybe"}});
+        assert_eq!(
+            refused(bad),
+            [
+                "specversion",
+                "source",
+                "time",
+                "data.actor.id",
+                "data.outcome"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_non_object_is_refused_at_the_root() {
+        assert_eq!(refused(json!([1, 2])), [""]);
+    }
+
+    #[test]
+    fn an_oversized_event_is_too_large() {
+        let big = "x".repeat(70 * 1024);
+        let err = validate(
+            with(login(), "/data/note", Some(json!(big))),
+            &limits(),
+            now(),
+        )
+        .expect_err("too large");
+        assert!(
+            matches!(err, Invalid::TooLarge { limit: 65536, .. }),
+            "{err:?}"
+        );
+    }
+}
