@@ -3,3 +3,18 @@
 
 pub mod config;
 pub mod event;
+pub mod health;
+pub mod ingest;
+pub mod kafka;
+pub mod metrics;
+pub mod serve;
+
+/// Build information served at `/version`.
+pub fn build_info() -> serde_json::Value {
+    serde_json::json!({
+        "name": "audit-manager",
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": option_env!("AUDIT_MANAGER_GIT_SHA").unwrap_or("unknown"),
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+    })
+}

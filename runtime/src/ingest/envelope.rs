@@ -1,0 +1,154 @@
+//! The response envelope of the original API, and the one error type that renders it.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::event::FieldError;
+
+/// `{"id":"openg2p.auditmanager","version":"1.0","responsetime":…,"response":…,"errors":[…]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Envelope {
+    #[schema(example = "openg2p.auditmanager")]
+    pub id: &'static str,
+    #[schema(example = "1.0")]
+    pub version: &'static str,
+    /// UTC, millisecond precision, e.g. `2026-04-22T14:03:21.123Z`.
+    pub responsetime: String,
+    pub response: Option<Value>,
+    pub errors: Vec<ErrorItem>,
+}
+
+/// One error of the catalogue.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorItem {
+    #[serde(rename = "errorCode")]
+    #[schema(example = "AUD-002")]
+    pub error_code: &'static str,
+    pub message: String,
+}
+
+impl Envelope {
+    fn new(response: Option<Value>, errors: Vec<ErrorItem>) -> Envelope {
+        Envelope {
+            id: "openg2p.auditmanager",
+            version: "1.0",
+            responsetime: chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string(),
+            response,
+            errors,
+        }
+    }
+}
+
+/// A successful answer in the envelope.
+pub fn ok(status: StatusCode, response: Value) -> Response {
+    (status, Json(Envelope::new(Some(response), Vec::new()))).into_response()
+}
+
+/// An answer carrying errors (and, for `/health`, the report as `response`).
+pub fn with_errors(
+    status: StatusCode,
+    response: Option<Value>,
+    errors: Vec<ErrorItem>,
+) -> Response {
+    (status, Json(Envelope::new(response, errors))).into_response()
+}
+
+/// Every way a request can fail, mapped to the error catalogue.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("schema validation failed")]
+    Invalid(Vec<FieldError>),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("ingest queue full")]
+    QueueFull { retry_after_seconds: u64 },
+    #[error("{0}")]
+    NotReady(String),
+    #[error("database check failed: {0}")]
+    Database(String),
+    #[error("{0}")]
+    BatchTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("unauthorized")]
+    Unauthorized,
+}
+
+impl ApiError {
+    /// The catalogue code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "AUD-001",
+            ApiError::Invalid(_) => "AUD-002",
+            ApiError::TooLarge(_) => "AUD-003",
+            ApiError::QueueFull { .. } => "AUD-004",
+            ApiError::NotReady(_) => "AUD-005",
+            ApiError::Database(_) => "AUD-006",
+            ApiError::BatchTooLarge(_) => "AUD-007",
+            ApiError::UnsupportedMediaType(_) => "AUD-008",
+            ApiError::Unauthorized => "AUD-009",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::Invalid(_) | ApiError::BatchTooLarge(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QueueFull { .. } | ApiError::NotReady(_) | ApiError::Database(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// One catalogue entry per problem (one per field path for validation errors).
+    pub fn items(&self) -> Vec<ErrorItem> {
+        let code = self.code();
+        match self {
+            ApiError::Invalid(fields) => fields
+                .iter()
+                .map(|f| ErrorItem {
+                    error_code: code,
+                    message: f.to_string(),
+                })
+                .collect(),
+            ApiError::QueueFull {
+                retry_after_seconds,
+            } => vec![ErrorItem {
+                error_code: code,
+                message: format!(
+                    "the ingest queue is full; nothing of this request was accepted, retry after {retry_after_seconds}s"
+                ),
+            }],
+            other => vec![ErrorItem {
+                error_code: code,
+                message: other.to_string(),
+            }],
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = with_errors(self.status(), None, self.items());
+        if let ApiError::QueueFull {
+            retry_after_seconds,
+        } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}

@@ -1,0 +1,189 @@
+//! The bounded in-process queue between the HTTP source and the Kafka producer.
+//!
+//! Capacity is a semaphore of `queue_max_size` permits. A request takes the permits for all of
+//! its events at once or none (a batch is accepted whole or not at all), and each event carries
+//! its permit until Kafka has acknowledged it, so "depth" counts every accepted event not yet
+//! durable in Kafka.
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+/// One accepted event on its way to Kafka.
+pub struct Queued {
+    pub id: String,
+    pub key: String,
+    pub payload: Arc<[u8]>,
+    /// Told once Kafka acknowledged the event (ack mode `kafka`).
+    pub acked: Option<oneshot::Sender<()>>,
+    /// Returned to the queue when this is dropped, after delivery.
+    pub permit: OwnedSemaphorePermit,
+    pub enqueued_at: std::time::Instant,
+}
+
+/// An event ready to be queued.
+pub struct Outgoing {
+    pub id: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+/// Why nothing was queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error("queue full")]
+    Full,
+    #[error("shutting down")]
+    Closed,
+}
+
+/// The sending side, shared by the HTTP handlers.
+pub struct IngestQueue {
+    capacity: usize,
+    permits: Arc<Semaphore>,
+    sender: RwLock<Option<mpsc::UnboundedSender<Queued>>>,
+}
+
+impl IngestQueue {
+    /// A queue of `capacity` events and the receiver the publisher drains.
+    pub fn new(capacity: usize) -> (IngestQueue, mpsc::UnboundedReceiver<Queued>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            IngestQueue {
+                capacity,
+                permits: Arc::new(Semaphore::new(capacity)),
+                sender: RwLock::new(Some(tx)),
+            },
+            rx,
+        )
+    }
+
+    /// Queues all `events` or none. With `want_ack`, returns one receiver per event that
+    /// resolves once Kafka acknowledged it.
+    pub fn push_all(
+        &self,
+        events: Vec<Outgoing>,
+        want_ack: bool,
+    ) -> Result<Vec<oneshot::Receiver<()>>, Refused> {
+        // Held for the whole push: `close` waits for it, so nothing slips in after close.
+        let guard = self.sender.read().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = guard.as_ref() else {
+            return Err(Refused::Closed);
+        };
+        let n = u32::try_from(events.len()).map_err(|_| Refused::Full)?;
+        let mut permit = Arc::clone(&self.permits)
+            .try_acquire_many_owned(n)
+            .map_err(|_| Refused::Full)?;
+        let mut acks = Vec::new();
+        let now = std::time::Instant::now();
+        let mut send = |e: Outgoing, permit: OwnedSemaphorePermit| {
+            let acked = want_ack.then(|| {
+                let (tx, rx) = oneshot::channel();
+                acks.push(rx);
+                tx
+            });
+            // The receiver lives until the publisher has drained everything; a send error
+            // cannot happen while `sender` is Some.
+            let _ = tx.send(Queued {
+                id: e.id,
+                key: e.key,
+                payload: e.payload.into(),
+                acked,
+                permit,
+                enqueued_at: now,
+            });
+        };
+        let mut events = events;
+        let last = events.pop();
+        for e in events {
+            let own = permit.split(1).ok_or(Refused::Full)?;
+            send(e, own);
+        }
+        if let Some(e) = last {
+            // The last event takes what is left: exactly one permit.
+            send(e, permit);
+        }
+        Ok(acks)
+    }
+
+    /// Stops accepting: later pushes get [`Refused::Closed`]; the publisher sees the end of
+    /// the stream once it has taken everything already queued.
+    pub fn close(&self) {
+        self.sender
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// Accepted events not yet acknowledged by Kafka.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(n: usize) -> Vec<Outgoing> {
+        (0..n)
+            .map(|i| Outgoing {
+                id: format!("e{i}"),
+                key: "k".into(),
+                payload: b"{}".to_vec(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batch_overflow_accepts_nothing() {
+        let (q, mut rx) = IngestQueue::new(5);
+        q.push_all(events(3), false).expect("fits");
+        assert_eq!(q.push_all(events(3), false).err(), Some(Refused::Full));
+        assert_eq!(q.depth(), 3);
+        let mut got = 0;
+        while rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 3, "nothing of the refused batch was queued");
+    }
+
+    #[test]
+    fn permits_return_when_events_are_dropped_after_delivery() {
+        let (q, mut rx) = IngestQueue::new(2);
+        q.push_all(events(2), false).expect("fits");
+        assert_eq!(q.depth(), 2);
+        let first = rx.try_recv().expect("queued");
+        drop(first);
+        assert_eq!(q.depth(), 1);
+        q.push_all(events(1), false).expect("room again");
+        assert_eq!(q.depth(), 2);
+    }
+
+    #[test]
+    fn close_refuses_new_events_and_ends_the_stream() {
+        let (q, mut rx) = IngestQueue::new(4);
+        q.push_all(events(1), false).expect("fits");
+        q.close();
+        assert_eq!(q.push_all(events(1), false).err(), Some(Refused::Closed));
+        assert!(
+            rx.try_recv().is_ok(),
+            "what was queued before close is still delivered"
+        );
+        assert!(matches!(
+            rx.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+}

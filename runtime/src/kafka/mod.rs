@@ -1,0 +1,3 @@
+//! Kafka: the producer that drains the ingest queue.
+
+pub mod producer;
