@@ -11,10 +11,13 @@
 //! `$AUDIT_MANAGER_CACHE` (default `~/.cache/audit-manager`) by the versions in
 //! `tests/env/versions.env`.
 
+pub mod http;
 mod kafka;
 mod kube;
 mod postgres;
 mod process;
+mod runtime;
+pub mod topics;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,7 @@ use std::sync::{Mutex, OnceLock};
 pub use kafka::Kafka;
 pub use kube::Kube;
 pub use postgres::Postgres;
+pub use runtime::AuditManager;
 
 /// Why the test environment could not provide a component.
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,7 @@ pub(crate) struct Server {
     pid: i32,
     stop_signal: i32,
     log: PathBuf,
+    exit: std::sync::Arc<Mutex<Option<std::process::ExitStatus>>>,
 }
 
 impl Server {
@@ -55,16 +56,45 @@ impl Server {
             .push(Tracked { pid, stop_signal });
         // The keeper thread owns nothing after the spawn: reap the child from a small thread so
         // it never lingers as a zombie once it exits.
+        let exit = std::sync::Arc::new(Mutex::new(None));
+        let status = std::sync::Arc::clone(&exit);
         thread::spawn(move || {
             let mut child = child;
-            let _ = child.wait();
+            if let Ok(s) = child.wait() {
+                *status.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+            }
         });
         Ok(Server {
             name: name.to_string(),
             pid,
             stop_signal,
             log: log.to_path_buf(),
+            exit,
         })
+    }
+
+    /// Sends `signal` to the process.
+    pub(crate) fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.pid, signal) };
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns how it ended.
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = *self.exit.lock().unwrap_or_else(|p| p.into_inner()) {
+                untrack(self.pid);
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn log(&self) -> &Path {
+        &self.log
     }
 
     /// True while the process exists.

@@ -1,0 +1,427 @@
+//! The HTTP contract in process (no network): every SPEC §2.2 rule rejected with its code and
+//! field path, media types, size limits, and a property test that arbitrary bytes and JSON
+//! never produce a 5xx or a panic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use audit_manager::config::Config;
+use audit_manager::health::Health;
+use audit_manager::ingest::http::{AppState, router};
+use audit_manager::ingest::queue::IngestQueue;
+use audit_manager::metrics::Metrics;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// A router whose queue is drained by a task that just drops events (no Kafka here).
+fn app(env: &[(&str, &str)]) -> axum::Router {
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = Config::load_from(&env).expect("test config is valid");
+    let (queue, mut rx) = IngestQueue::new(config.ingest.queue_max_size);
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move { while rx.recv().await.is_some() {} });
+    } else {
+        std::mem::forget(rx);
+    }
+    let health = Arc::new(Health::default());
+    health.mark_started();
+    // The drain task above stands in for the publisher; no consumer runs in process.
+    health.set_publisher_alive(true);
+    health.set_consumer_alive(true);
+    router(Arc::new(AppState {
+        config: Arc::new(config),
+        queue: Arc::new(queue),
+        metrics: Arc::new(Metrics::new()),
+        health,
+    }))
+}
+
+async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let body = to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn post(path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(format!("/v1/auditmanager{path}"))
+        .header("content-type", content_type)
+        .body(body.into())
+        .expect("request")
+}
+
+fn login() -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": "demo-1",
+        "source": "/demo",
+        "type": "org.openg2p.auth.login",
+        "time": chrono::Utc::now().to_rfc3339(),
+        "data": {"actor": {"type": "user", "id": "u_1", "name": "demo"}, "action": "login", "outcome": "success"}
+    })
+}
+
+/// Sets `path` (dotted) in `event` to `value`, or removes it when `value` is None.
+fn with(mut event: Value, path: &str, value: Option<Value>) -> Value {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().expect("path");
+    let mut at = &mut event;
+    for p in parts {
+        at = at.get_mut(p).expect("path exists");
+    }
+    let obj = at.as_object_mut().expect("object");
+    match value {
+        Some(v) => {
+            obj.insert(last.to_string(), v);
+        }
+        None => {
+            obj.remove(last);
+        }
+    }
+    event
+}
+
+fn errors(body: &Value) -> Vec<(String, String)> {
+    body["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["errorCode"].as_str().unwrap_or_default().to_string(),
+                        e["message"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_schema_rule_is_rejected_with_its_code_and_field_path() {
+    let app = app(&[]);
+    let now = chrono::Utc::now();
+    let cases: Vec<(&str, Option<Value>, &str)> = vec![
+        ("specversion", Some(json!("0.3")), "specversion"),
+        ("specversion", None, "specversion"),
+        ("id", Some(json!("")), "id"),
+        ("id", Some(json!(42)), "id"),
+        ("source", None, "source"),
+        ("source", Some(json!("")), "source"),
+        ("type", Some(json!(7)), "type"),
+        ("type", None, "type"),
+        ("time", None, "time"),
+        ("time", Some(json!("2026-04-22T14:03:21")), "time"),
+        ("time", Some(json!("2026-04-22")), "time"),
+        ("time", Some(json!(1776866601)), "time"),
+        ("time", Some(json!("1990-01-01T00:00:00Z")), "time"),
+        (
+            "time",
+            Some(json!((now + chrono::Duration::hours(3)).to_rfc3339())),
+            "time",
+        ),
+        ("subject", Some(json!(5)), "subject"),
+        (
+            "datacontenttype",
+            Some(json!("text/plain")),
+            "datacontenttype",
+        ),
+        (
+            "traceparent",
+            Some(json!("00-xyz-00f067aa0ba902b7-01")),
+            "traceparent",
+        ),
+        (
+            "traceparent",
+            Some(json!(
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+            )),
+            "traceparent",
+        ),
+        ("Bad_Ext", Some(json!("x")), "Bad_Ext"),
+        ("data", None, "data"),
+        ("data", Some(json!("text")), "data"),
+        ("data.actor", None, "data.actor"),
+        ("data.actor.type", Some(json!("robot")), "data.actor.type"),
+        ("data.actor.id", Some(json!("")), "data.actor.id"),
+        ("data.actor.id", None, "data.actor.id"),
+        ("data.actor.roles", Some(json!("admin")), "data.actor.roles"),
+        ("data.action", Some(json!("")), "data.action"),
+        ("data.action", None, "data.action"),
+        ("data.outcome", Some(json!("maybe")), "data.outcome"),
+        ("data.outcome", None, "data.outcome"),
+        (
+            "data.resource",
+            Some(json!({"id": "r1"})),
+            "data.resource.type",
+        ),
+        ("data.reason", Some(json!(["x"])), "data.reason"),
+    ];
+    for (field, value, path) in cases {
+        let shown = format!("{field} = {value:?}");
+        let event = with(login(), field, value);
+        let (status, body) =
+            call(&app, post("/events", "application/json", event.to_string())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{shown}: {body}");
+        let errs = errors(&body);
+        assert!(
+            errs.iter().all(|(code, _)| code == "AUD-002"),
+            "{shown}: every error is AUD-002: {body}"
+        );
+        assert!(
+            errs.iter().any(|(_, m)| m.starts_with(&format!("{path}:"))),
+            "{shown}: an error names {path}: {body}"
+        );
+        assert_eq!(
+            body["id"],
+            json!("openg2p.auditmanager"),
+            "{shown}: the answer is the envelope"
+        );
+    }
+}
+
+#[tokio::test]
+async fn batch_errors_name_the_event_index() {
+    let app = app(&[]);
+    let bad = with(login(), "data.outcome", Some(json!("maybe")));
+    let body = json!({"events": [login(), bad]}).to_string();
+    let (status, body) = call(&app, post("/events/batch", "application/json", body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        errors(&body)
+            .iter()
+            .any(|(c, m)| c == "AUD-002" && m.starts_with("events[1].data.outcome:")),
+        "{body}"
+    );
+    let array = json!([login(), with(login(), "id", Some(json!("")))]).to_string();
+    let (status, body) = call(
+        &app,
+        post("/events/batch", "application/cloudevents-batch+json", array),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        errors(&body).iter().any(|(_, m)| m.starts_with("[1].id:")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_media_types_and_sizes_have_their_codes() {
+    let app = app(&[
+        ("AUDIT_MANAGER__INGEST__MAX_BATCH_SIZE", "2"),
+        ("AUDIT_MANAGER__INGEST__MAX_BODY_BYTES", "200000"),
+    ]);
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            post("/events", "application/json", "{\"id\": "),
+            StatusCode::BAD_REQUEST,
+            "AUD-001",
+        ),
+        (
+            post("/events", "text/plain", login().to_string()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "AUD-008",
+        ),
+        (
+            post("/events", "application/json", {
+                let big = "x".repeat(70 * 1024);
+                with(login(), "data.context", Some(json!({ "blob": big }))).to_string()
+            }),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "AUD-003",
+        ),
+        (
+            post("/events", "application/json", vec![b' '; 300_000]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "AUD-003",
+        ),
+        (
+            post(
+                "/events/batch",
+                "application/json",
+                json!({"events": [login(), login(), login()]}).to_string(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "AUD-007",
+        ),
+        (
+            post("/events/batch", "text/csv", "a,b"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "AUD-008",
+        ),
+        (
+            Request::get("/v1/auditmanager/nothing-here")
+                .body(Body::empty())
+                .expect("request"),
+            StatusCode::NOT_FOUND,
+            "AUD-404",
+        ),
+    ];
+    for (request, want_status, want_code) in cases {
+        let shown = format!("{} {}", request.method(), request.uri());
+        let (status, body) = call(&app, request).await;
+        assert_eq!(status, want_status, "{shown}: {body}");
+        assert_eq!(
+            errors(&body).first().map(|e| e.0.as_str()),
+            Some(want_code),
+            "{shown}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn binary_mode_takes_attributes_from_headers() {
+    let app = app(&[]);
+    let request = Request::post("/v1/auditmanager/events")
+        .header("content-type", "application/json")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "bin-1")
+        .header("ce-source", "%2Fdemo")
+        .header("ce-type", "org.openg2p.auth.login")
+        .header("ce-time", chrono::Utc::now().to_rfc3339())
+        .body(Body::from(login()["data"].to_string()))
+        .expect("request");
+    let (status, body) = call(&app, request).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["response"]["accepted"], json!("bin-1"));
+}
+
+#[tokio::test]
+async fn the_operational_endpoints_answer() {
+    let app = app(&[]);
+    for path in [
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/version",
+        "/config",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+    ] {
+        let request = Request::get(format!("/v1/auditmanager{path}"))
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        // /health is 503 here: no producer runs in this in-process router.
+        let status = response.status();
+        assert!(
+            status == StatusCode::OK
+                || (path == "/health" && status == StatusCode::SERVICE_UNAVAILABLE),
+            "{path}: {status}"
+        );
+    }
+    let request = Request::get("/v1/auditmanager/config")
+        .body(Body::empty())
+        .expect("request");
+    let (_, body) = call(&app, request).await;
+    assert!(
+        !body.to_string().contains("\"password\":\"postgres\""),
+        "/config hides secrets: {body}"
+    );
+}
+
+/// Any JSON value, up to a few levels deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+            prop::collection::btree_map("[a-z_]{0,12}", inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A valid event with one field (top level, data or actor) replaced by arbitrary JSON.
+fn mutated_event() -> impl Strategy<Value = Value> {
+    let fields = prop::sample::select(vec![
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "datacontenttype",
+        "traceparent",
+        "data",
+        "data.actor",
+        "data.actor.type",
+        "data.actor.id",
+        "data.actor.roles",
+        "data.action",
+        "data.outcome",
+        "data.resource",
+        "data.reason",
+        "data.changes",
+        "ext1",
+    ]);
+    (fields, prop::option::of(any_json())).prop_map(|(f, v)| with(login(), f, v))
+}
+
+fn any_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..512),
+        any_json().prop_map(|v| v.to_string().into_bytes()),
+        mutated_event().prop_map(|v| v.to_string().into_bytes()),
+        prop::collection::vec(mutated_event(), 0..5)
+            .prop_map(|v| json!({ "events": v }).to_string().into_bytes()),
+        prop::collection::vec(mutated_event(), 0..5)
+            .prop_map(|v| Value::from(v).to_string().into_bytes()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_input_never_gets_a_5xx(
+        body in any_body(),
+        path in prop::sample::select(vec!["/events", "/events/batch"]),
+        content_type in prop::sample::select(vec![
+            "application/json", "application/cloudevents+json", "application/cloudevents-batch+json",
+            "application/json; charset=utf-8", "text/plain", "", "application/x-www-form-urlencoded",
+        ]),
+        binary in any::<bool>(),
+        header_value in "[ -~]{0,20}",
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let app = app(&[]);
+            let mut request = Request::post(format!("/v1/auditmanager{path}"));
+            if !content_type.is_empty() {
+                request = request.header("content-type", content_type);
+            }
+            if binary {
+                request = request
+                    .header("ce-specversion", "1.0")
+                    .header("ce-id", header_value.as_str())
+                    .header("ce-source", "/fuzz")
+                    .header("ce-type", "t")
+                    .header("ce-time", header_value.as_str());
+            }
+            let request = request.body(Body::from(body)).expect("request");
+            let (status, envelope) = call(&app, request).await;
+            prop_assert!(status.as_u16() < 500, "status {} for {}", status, envelope);
+            prop_assert!(envelope.get("errors").is_some(), "every answer is an envelope: {}", envelope);
+            Ok(())
+        })?;
+    }
+}

@@ -1,0 +1,102 @@
+//! The `audit-manager` binary as a child process of a test or the benchmark.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use crate::Error;
+use crate::process::{Server, free_port, tail};
+
+/// A running `audit-manager` process listening on 127.0.0.1 and a free port.
+pub struct AuditManager {
+    server: Server,
+    port: u16,
+}
+
+impl AuditManager {
+    /// Starts `binary args...` with `env` on top of a clean environment, and waits until
+    /// `/health/ready` answers 200.
+    pub fn start(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<AuditManager, Error> {
+        let port = free_port()?;
+        let dir = crate::scratch_dir("audit-manager")?;
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AUDIT_MANAGER__SERVER__HOST", "127.0.0.1")
+            .env("AUDIT_MANAGER__SERVER__PORT", port.to_string())
+            .env("AUDIT_MANAGER__LOG__LEVEL", "info");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let server = Server::spawn(
+            "audit-manager",
+            command,
+            &dir.join("audit-manager.log"),
+            libc::SIGTERM,
+        )?;
+        server.wait_until(Duration::from_secs(60), "ready", || {
+            http_status(port, "/v1/auditmanager/health/ready") == Some(200)
+        })?;
+        Ok(AuditManager { server, port })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends SIGTERM (graceful drain).
+    pub fn terminate(&self) {
+        self.server.signal(libc::SIGTERM);
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill(&self) {
+        self.server.signal(libc::SIGKILL);
+    }
+
+    /// Waits for the process to end.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        self.server.wait_exit(timeout)
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(self.server.log(), lines)
+    }
+
+    /// Its whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.server.log()).unwrap_or_default()
+    }
+}
+
+impl Drop for AuditManager {
+    fn drop(&mut self) {
+        if self.server.is_running() {
+            self.server.stop(Duration::from_secs(30));
+        }
+    }
+}
+
+/// The status of a GET on 127.0.0.1:`port`, or None when nothing answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
