@@ -14,7 +14,7 @@ export DEMO_EXIT
 # Integration tests start real servers; a few at a time is what two cores sustain.
 TEST_THREADS ?= 4
 
-.PHONY: help testenv test lint unit demo manifests fmt
+.PHONY: help testenv test lint unit demo manifests fmt bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,3 +34,7 @@ demo: testenv ## start the local environment and print how to reach it (DEMO_EXI
 
 fmt: ## format the code
 	$(CARGO) fmt --all
+
+bench: testenv ## the benchmark: ingest throughput, latency, memory and drain time (release build)
+	$(CARGO) build --release --locked -p audit-manager -p audit-testenv --bin audit-manager --bin bench-ingest
+	$${CARGO_TARGET_DIR:-target}/release/bench-ingest $(BENCH_ARGS)

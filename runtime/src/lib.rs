@@ -1,13 +1,16 @@
 //! The audit-manager runtime: HTTP ingest → bounded queue → Kafka → consumer → PostgreSQL, with
 //! a dead-letter topic on the side and partition maintenance.
 
+pub mod commands;
 pub mod config;
+pub mod db;
 pub mod event;
 pub mod health;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod serve;
+pub mod sink;
 
 /// Build information served at `/version`.
 pub fn build_info() -> serde_json::Value {

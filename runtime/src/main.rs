@@ -19,6 +19,56 @@ struct Cli {
 enum Command {
     /// HTTP ingest, Kafka producer, consumer and PostgreSQL sink (see `components.*`).
     Serve,
+    /// Apply the schema migrations in `migrations/` (under an advisory lock).
+    Migrate {
+        /// As an admin: create the owner, writer and reader roles (passwords from
+        /// AUDIT_MANAGER_{OWNER,WRITER,READER}_PASSWORD) and the database, then migrate as owner.
+        #[arg(long)]
+        create_roles: bool,
+    },
+    /// Create the monthly partitions of the retention window and ahead; drop expired ones.
+    Maintain {
+        /// Run again after this long (e.g. 1h, 15m, 30s) until interrupted.
+        #[arg(long, value_parser = parse_duration)]
+        every: Option<std::time::Duration>,
+        /// Pretend the current time is this RFC 3339 instant (for testing and backfills).
+        #[arg(long, value_parser = parse_time)]
+        now: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Dead-letter topic tools.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Re-publish DLQ records not replayed before to the main topic.
+    Replay,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 15m or 1h"))?;
+    let seconds = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("`{s}`: the unit must be s, m or h")),
+    };
+    if seconds == 0 {
+        return Err("the interval must be positive".into());
+    }
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +91,15 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve => audit_manager::serve::serve(config).await,
+            Command::Migrate { create_roles } => {
+                audit_manager::commands::migrate(&config, create_roles).await
+            }
+            Command::Maintain { every, now } => {
+                audit_manager::commands::maintain(&config, every, now).await
+            }
+            Command::Dlq {
+                command: DlqCommand::Replay,
+            } => audit_manager::commands::dlq_replay(&config).await,
         }
     });
     match result {

@@ -9,11 +9,12 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::health::Health;
+use crate::health::{Check, Health};
 use crate::ingest::http::{AppState, router};
 use crate::ingest::queue::IngestQueue;
 use crate::kafka::producer::{Publisher, build_producer};
 use crate::metrics::Metrics;
+use crate::sink::{Sink, build_consumer};
 
 /// Runs `serve` until a stop signal, then drains and returns.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -39,6 +40,36 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             task.run(queue_rx).await;
             health.set_publisher_alive(false);
         }));
+    }
+
+    let (stop_sink, sink_stop) = tokio::sync::watch::channel(false);
+    let mut sink = None;
+    let mut background = Vec::new();
+    if config.components.consumer || config.components.maintenance {
+        let pool = crate::db::pool(&config.database).context("configuring the database pool")?;
+        if config.components.consumer {
+            let consumer = build_consumer(&config).context("creating the Kafka consumer")?;
+            let dlq = build_producer(&config.kafka).context("creating the DLQ producer")?;
+            background.push(tokio::spawn(watch_database(
+                pool.clone(),
+                Arc::clone(&health),
+            )));
+            let task = Sink {
+                consumer: Arc::new(consumer),
+                pool: pool.clone(),
+                dlq,
+                config: Arc::clone(&config),
+                metrics: Arc::clone(&metrics),
+                health: Arc::clone(&health),
+            };
+            sink = Some(tokio::spawn(task.run(sink_stop)));
+        }
+        if config.components.maintenance {
+            background.push(tokio::spawn(maintain_periodically(
+                pool,
+                Arc::clone(&config),
+            )));
+        }
     }
 
     let address = format!("{}:{}", config.server.host, config.server.port);
@@ -88,6 +119,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             ),
         }
     }
+    let _ = stop_sink.send(true);
+    if let Some(sink) = sink {
+        match tokio::time::timeout(Duration::from_secs(30), sink).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the consumer failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "the consumer task failed"),
+            Err(_) => tracing::error!(
+                "the consumer did not stop within 30 s; its batch stays uncommitted in Kafka"
+            ),
+        }
+    }
+    for task in background {
+        task.abort();
+    }
     let _ = stop_http.send(());
     server
         .await
@@ -122,6 +167,51 @@ async fn watch_kafka(producer: FutureProducer, health: Arc<Health>) {
         }
         health.set_kafka_connected(ok);
         tokio::time::sleep(Duration::from_secs(if ok { 10 } else { 2 })).await;
+    }
+}
+
+/// Keeps the database part of `/health` current while the consumer is idle.
+async fn watch_database(pool: sqlx::PgPool, health: Arc<Health>) {
+    loop {
+        let check = match sqlx::query("SELECT 1").execute(&pool).await {
+            Ok(_) => Check {
+                ok: true,
+                error: None,
+            },
+            Err(e) => Check {
+                ok: false,
+                error: Some(e.to_string()),
+            },
+        };
+        health.set_database(check);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// Partition maintenance every `database.partition_check_interval_seconds`, under the
+/// advisory lock (replicas and the CronJob never step on each other).
+async fn maintain_periodically(pool: sqlx::PgPool, config: Arc<Config>) {
+    let d = &config.database;
+    loop {
+        let result = async {
+            let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+            crate::db::partitions::maintain(
+                &mut conn,
+                chrono::Utc::now(),
+                d.partition_retention_months,
+                d.partition_pre_create_months,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(report) => tracing::info!(%report, "partition maintenance"),
+            Err(e) => {
+                tracing::warn!(error = %e, "partition maintenance failed; retrying next interval")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(d.partition_check_interval_seconds)).await;
     }
 }
 

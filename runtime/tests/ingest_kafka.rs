@@ -3,60 +3,26 @@
 //! survives kill -9.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use audit_testenv::http::HttpClient;
 use audit_testenv::topics::{Record, create_topic, read_topic};
 use audit_testenv::{AuditManager, Kafka};
+use common::{generated, samples};
+
+mod common;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_audit-manager");
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/events")
-}
-
-/// The sample events of `examples/events/`: (file name, body).
-fn samples() -> Vec<(String, Value)> {
-    let mut files: Vec<_> = std::fs::read_dir(examples())
-        .expect("examples/events exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).expect("readable sample");
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (name, serde_json::from_str(&text).expect("sample is JSON"))
-        })
-        .collect()
-}
 
 fn unique_topic(name: &str) -> String {
     format!("test.{name}.{}", uuid::Uuid::new_v4().simple())
 }
 
 fn start(kafka: &Kafka, topic: &str, extra: &[(&str, &str)]) -> AuditManager {
-    let mut env = vec![
-        ("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS", kafka.bootstrap()),
-        ("AUDIT_MANAGER__KAFKA__TOPIC", topic.to_string()),
-        ("AUDIT_MANAGER__COMPONENTS__CONSUMER", "false".to_string()),
-        (
-            "AUDIT_MANAGER__COMPONENTS__MAINTENANCE",
-            "false".to_string(),
-        ),
-    ];
+    let mut env = common::ingest_only();
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    AuditManager::start(Path::new(BINARY), &["serve"], &env)
-        .unwrap_or_else(|e| panic!("starting audit-manager: {e}"))
+    common::start(kafka, topic, &env)
 }
 
 fn partition_key(event: &Value) -> String {
@@ -179,18 +145,6 @@ async fn runtime_metric(client: &mut HttpClient, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} not found"))
-}
-
-/// An event with a unique id for load tests.
-fn generated(n: usize, run: &str) -> Value {
-    json!({
-        "specversion": "1.0",
-        "id": format!("{run}-{n}"),
-        "source": "/load",
-        "type": "org.openg2p.test.generated",
-        "time": chrono::Utc::now().to_rfc3339(),
-        "data": {"actor": {"type": "service", "id": format!("svc-{}", n % 17)}, "action": "tick", "outcome": "success"}
-    })
 }
 
 fn ids_in(records: &[Record]) -> Vec<String> {

@@ -139,6 +139,11 @@ impl Postgres {
         &self.version
     }
 
+    /// The superuser's name and password.
+    pub fn superuser(&self) -> (&'static str, &'static str) {
+        (SUPERUSER, SUPERUSER_PASSWORD)
+    }
+
     /// A connection URL for the superuser to `database`.
     pub fn superuser_url(&self, database: &str) -> String {
         self.url(SUPERUSER, SUPERUSER_PASSWORD, database)

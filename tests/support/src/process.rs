@@ -93,6 +93,10 @@ impl Server {
         }
     }
 
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     pub(crate) fn log(&self) -> &Path {
         &self.log
     }

@@ -53,6 +53,24 @@ impl AuditManager {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> i32 {
+        self.server.pid()
+    }
+
+    /// Resident memory in bytes (VmRSS), if the process still exists.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     /// Sends SIGTERM (graceful drain).
     pub fn terminate(&self) {
         self.server.signal(libc::SIGTERM);

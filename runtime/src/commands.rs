@@ -1,0 +1,169 @@
+//! The one-shot subcommands: `migrate`, `maintain` and `dlq replay`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection};
+
+use crate::config::Config;
+use crate::db::{self, partitions, roles};
+
+/// Role names and passwords for `migrate --create-roles`, from the environment:
+/// `AUDIT_MANAGER_{OWNER,WRITER,READER}_ROLE` (default `<database>_owner` etc.) and
+/// `AUDIT_MANAGER_{OWNER,WRITER,READER}_PASSWORD` (required).
+pub fn roles_from_env(database: &str) -> anyhow::Result<roles::Roles> {
+    let one = |kind: &str| -> anyhow::Result<(String, String)> {
+        let upper = kind.to_uppercase();
+        let name = std::env::var(format!("AUDIT_MANAGER_{upper}_ROLE"))
+            .unwrap_or_else(|_| format!("{database}_{kind}"));
+        let password_var = format!("AUDIT_MANAGER_{upper}_PASSWORD");
+        let password = std::env::var(&password_var)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .with_context(|| {
+                format!("--create-roles needs {password_var} (the {kind} role's password)")
+            })?;
+        Ok((name, password))
+    };
+    Ok(roles::Roles {
+        owner: one("owner")?,
+        writer: one("writer")?,
+        reader: one("reader")?,
+    })
+}
+
+/// `audit-manager migrate`: applies `migrations/`. With `create_roles`, connects as the
+/// configured (admin) user, creates the three roles and the database when missing, and applies
+/// migrations, grants and an initial partition maintenance as the owner role.
+pub async fn migrate(config: &Config, create_roles: bool) -> anyhow::Result<()> {
+    let d = &config.database;
+    if !create_roles {
+        let pool = db::pool(d)?;
+        let applied = db::migrate(&pool).await?;
+        println!(
+            "migrations: {} applied ({:?}), schema up to date",
+            applied.len(),
+            applied
+        );
+        return Ok(());
+    }
+    let roles = roles_from_env(&d.name)?;
+    let comment = "created by audit-manager migrate --create-roles";
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db::options(d, "postgres", &d.user, &d.password)?)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to {}:{} as {} (database.user)",
+                d.host, d.port, d.user
+            )
+        })?;
+    roles::ensure_roles(&admin, &roles, comment).await?;
+    let created = roles::ensure_database(&admin, &d.name, &roles.owner.0, comment).await?;
+    admin.close().await;
+    println!(
+        "roles {}, {}, {} ready; database {} {}",
+        roles.owner.0,
+        roles.writer.0,
+        roles.reader.0,
+        d.name,
+        if created {
+            "created"
+        } else {
+            "already existed"
+        }
+    );
+    let mut conn = PgConnection::connect_with(&db::options(d, &d.name, &d.user, &d.password)?)
+        .await
+        .with_context(|| format!("connecting to database {}", d.name))?;
+    as_owner(&mut conn, &roles, &d.name, d).await
+}
+
+/// Migrations, grants and initial partitions, as the owner role (so it owns every object).
+pub async fn as_owner(
+    conn: &mut PgConnection,
+    roles: &roles::Roles,
+    database: &str,
+    d: &crate::config::DatabaseConfig,
+) -> anyhow::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET ROLE {}",
+        db::ident(&roles.owner.0)
+    )))
+    .execute(&mut *conn)
+    .await
+    .with_context(|| {
+        format!(
+            "SET ROLE {} (the admin must be a member of it)",
+            roles.owner.0
+        )
+    })?;
+    db::MIGRATOR
+        .run(&mut *conn)
+        .await
+        .context("running migrations as the owner")?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(roles::grants_sql(database, roles)))
+        .execute(&mut *conn)
+        .await
+        .context("granting the writer and reader privileges")?;
+    let report = partitions::maintain(
+        conn,
+        Utc::now(),
+        d.partition_retention_months,
+        d.partition_pre_create_months,
+    )
+    .await?;
+    println!("migrations applied, privileges granted; partitions: {report}");
+    Ok(())
+}
+
+/// `audit-manager maintain`: one run, or one every `every` until SIGTERM/SIGINT.
+pub async fn maintain(
+    config: &Config,
+    every: Option<Duration>,
+    now: Option<DateTime<Utc>>,
+) -> anyhow::Result<()> {
+    let d = &config.database;
+    loop {
+        let mut conn = PgConnection::connect_with(&db::options(d, &d.name, &d.user, &d.password)?)
+            .await
+            .with_context(|| {
+                format!("connecting to database {} on {}:{}", d.name, d.host, d.port)
+            })?;
+        let report = partitions::maintain(
+            &mut conn,
+            now.unwrap_or_else(Utc::now),
+            d.partition_retention_months,
+            d.partition_pre_create_months,
+        )
+        .await?;
+        println!("partition maintenance: {report}");
+        let _ = conn.close().await;
+        let Some(every) = every else { return Ok(()) };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// `audit-manager dlq replay`.
+pub async fn dlq_replay(config: &Config) -> anyhow::Result<()> {
+    let producer = crate::kafka::producer::build_producer(&config.kafka)
+        .context("creating the Kafka producer")?;
+    let done = crate::sink::dlq::replay(config, &producer)
+        .await
+        .with_context(|| {
+            format!(
+                "replaying {} into {}",
+                config.kafka.dlq_topic, config.kafka.topic
+            )
+        })?;
+    println!(
+        "replayed {} record(s) from {} to {}",
+        done.records, config.kafka.dlq_topic, config.kafka.topic
+    );
+    Ok(())
+}

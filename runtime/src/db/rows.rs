@@ -1,0 +1,215 @@
+//! The one mapping from a validated event to an `audit_events` row (SPEC §2.3), and the batch
+//! insert.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+
+use super::{Context, DbError};
+use crate::event::{ValidEvent, trace_id_of};
+
+/// One row of `audit_events` (without `ingested_at`, which the database fills).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: String,
+    pub source: String,
+    pub r#type: String,
+    pub subject: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub actor_type: String,
+    pub actor_id: String,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub action: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub trace_id: Option<String>,
+    pub details: Option<Value>,
+}
+
+fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
+    map.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// Maps an event: `time`→`occurred_at`; `trace_id` from `traceparent`; `details` = `data`
+/// without action/outcome/reason and without actor and resource id/type, empty leftovers
+/// dropped, NULL when nothing is left.
+pub fn to_row(event: &ValidEvent) -> Row {
+    let attrs = &event.attributes;
+    let data = event.data();
+    let empty = Map::new();
+    let actor = data
+        .get("actor")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let resource = data.get("resource").and_then(Value::as_object);
+    let mut details = data.clone();
+    for key in ["action", "outcome", "reason"] {
+        details.remove(key);
+    }
+    for key in ["actor", "resource"] {
+        if let Some(Value::Object(inner)) = details.get_mut(key) {
+            inner.remove("id");
+            inner.remove("type");
+            if inner.is_empty() {
+                details.remove(key);
+            }
+        }
+    }
+    Row {
+        id: event.id().to_string(),
+        source: event.source().to_string(),
+        r#type: text(attrs, "type").unwrap_or_default(),
+        subject: text(attrs, "subject"),
+        occurred_at: event.occurred_at,
+        actor_type: text(actor, "type").unwrap_or_else(|| "user".to_string()),
+        actor_id: text(actor, "id").unwrap_or_default(),
+        resource_type: resource.and_then(|r| text(r, "type")),
+        resource_id: resource.and_then(|r| text(r, "id")),
+        action: text(data, "action").unwrap_or_default(),
+        outcome: text(data, "outcome").unwrap_or_default(),
+        reason: text(data, "reason"),
+        trace_id: attrs
+            .get("traceparent")
+            .and_then(Value::as_str)
+            .and_then(trace_id_of)
+            .map(str::to_string),
+        details: (!details.is_empty()).then_some(Value::Object(details)),
+    }
+}
+
+/// Inserts `rows` in one statement (`INSERT ... SELECT FROM unnest(...)`) and one transaction;
+/// rows already present (same source, id, occurred_at) are skipped. Returns rows inserted.
+pub async fn insert(pool: &PgPool, rows: &[Row]) -> Result<u64, DbError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let result = sqlx::query(
+        "INSERT INTO audit_events (id, source, type, subject, occurred_at, actor_type, actor_id,
+                                   resource_type, resource_id, action, outcome, reason, trace_id, details)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                              $11::text[], $12::text[], $13::text[], $14::jsonb[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(column!(id))
+    .bind(column!(source))
+    .bind(column!(r#type))
+    .bind(column!(subject))
+    .bind(column!(occurred_at))
+    .bind(column!(actor_type))
+    .bind(column!(actor_id))
+    .bind(column!(resource_type))
+    .bind(column!(resource_id))
+    .bind(column!(action))
+    .bind(column!(outcome))
+    .bind(column!(reason))
+    .bind(column!(trace_id))
+    .bind(column!(details))
+    .execute(pool)
+    .await
+    .context(|| format!("inserting {} rows into audit_events", rows.len()))?;
+    Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Limits, validate};
+    use serde_json::json;
+
+    fn event(data: Value, extra: Value) -> ValidEvent {
+        let mut e = json!({
+            "specversion": "1.0", "id": "e1", "source": "/s", "type": "t",
+            "time": "2026-11-02T09:18:55+05:30", "data": data
+        });
+        if let (Some(e), Value::Object(extra)) = (e.as_object_mut(), extra) {
+            e.extend(extra);
+        }
+        let now = DateTime::parse_from_rfc3339("2026-11-24T00:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .expect("now");
+        let limits = Limits {
+            max_event_bytes: 65536,
+            max_future_skew: std::time::Duration::from_secs(3600),
+            retention_months: 84,
+        };
+        validate(e, &limits, now).expect("valid")
+    }
+
+    #[test]
+    fn every_column_is_mapped() {
+        let e = event(
+            json!({
+                "actor": {"type": "user", "id": "u_4421", "name": "asha", "roles": ["officer"]},
+                "action": "update", "outcome": "success", "reason": "requested",
+                "resource": {"type": "beneficiary", "id": "b_1", "program": "p"},
+                "changes": {"phone": {"old": "1", "new": "2"}}
+            }),
+            json!({"subject": "beneficiary/b_1",
+                   "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
+        );
+        let row = to_row(&e);
+        assert_eq!(row.id, "e1");
+        assert_eq!(row.source, "/s");
+        assert_eq!(row.r#type, "t");
+        assert_eq!(row.subject.as_deref(), Some("beneficiary/b_1"));
+        assert_eq!(row.occurred_at.to_rfc3339(), "2026-11-02T03:48:55+00:00");
+        assert_eq!(row.actor_type, "user");
+        assert_eq!(row.actor_id, "u_4421");
+        assert_eq!(row.resource_type.as_deref(), Some("beneficiary"));
+        assert_eq!(row.resource_id.as_deref(), Some("b_1"));
+        assert_eq!(row.action, "update");
+        assert_eq!(row.outcome, "success");
+        assert_eq!(row.reason.as_deref(), Some("requested"));
+        assert_eq!(
+            row.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            row.details,
+            Some(json!({
+                "actor": {"name": "asha", "roles": ["officer"]},
+                "resource": {"program": "p"},
+                "changes": {"phone": {"old": "1", "new": "2"}}
+            }))
+        );
+    }
+
+    #[test]
+    fn empty_leftovers_are_dropped_and_nothing_left_is_null() {
+        let e = event(
+            json!({"actor": {"id": "svc"}, "action": "a", "outcome": "denied",
+                   "resource": {"type": "page", "id": "/x"}}),
+            json!({}),
+        );
+        let row = to_row(&e);
+        assert_eq!(row.actor_type, "user", "actor.type defaults to user");
+        assert_eq!(row.details, None);
+        assert_eq!(row.subject, None);
+        assert_eq!(row.trace_id, None);
+        assert_eq!(row.reason, None);
+    }
+
+    #[test]
+    fn a_resource_without_id_and_extra_keys_are_kept() {
+        let e = event(
+            json!({"actor": {"type": "system", "id": "s", "ip": "10.0.0.1"}, "action": "a",
+                   "outcome": "failure", "resource": {"type": "batch"}, "context": {"k": 1}}),
+            json!({}),
+        );
+        let row = to_row(&e);
+        assert_eq!(row.actor_type, "system");
+        assert_eq!(row.resource_type.as_deref(), Some("batch"));
+        assert_eq!(row.resource_id, None);
+        assert_eq!(
+            row.details,
+            Some(json!({"actor": {"ip": "10.0.0.1"}, "context": {"k": 1}}))
+        );
+    }
+}

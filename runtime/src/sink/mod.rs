@@ -1,0 +1,372 @@
+//! The Kafka → PostgreSQL sink: batches records, maps them to rows, inserts each batch in one
+//! statement with `ON CONFLICT DO NOTHING`, and commits offsets only after the database commit.
+//!
+//! A record that cannot become a row (not JSON, not a valid event, no partition for its time)
+//! goes to the DLQ with headers naming why and where it came from; its offset is committed only
+//! once the DLQ has it. A database error keeps the batch and retries it with capped exponential
+//! backoff while fetching is paused: nothing is skipped and nothing is committed past it.
+
+pub mod dlq;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::db::partitions::{self, Month};
+use crate::db::rows::{self, Row};
+use crate::event::{self, Invalid, Limits};
+use crate::health::{Check, Health};
+use crate::metrics::Metrics;
+
+/// Creates the group consumer (manual commits, from the earliest offset for a new group).
+pub fn build_consumer(config: &Config) -> Result<StreamConsumer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("group.id", &config.kafka.consumer_group)
+        .set("client.id", &config.kafka.client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("isolation.level", "read_committed")
+        .create()
+}
+
+/// Why a record went to the DLQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poison {
+    pub reason: String,
+}
+
+/// The consuming half of `serve`.
+pub struct Sink {
+    pub consumer: Arc<StreamConsumer>,
+    pub pool: PgPool,
+    pub dlq: FutureProducer,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+impl Sink {
+    /// Consumes until `stop` turns true, then finishes the batch in hand and commits it.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), KafkaError> {
+        self.consumer.subscribe(&[&self.config.kafka.topic])?;
+        self.health.set_consumer_alive(true);
+        let lag = tokio::spawn(watch_lag(
+            Arc::clone(&self.consumer),
+            self.config.kafka.topic.clone(),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.health),
+        ));
+        let mut known = HashSet::new();
+        let max = self.config.kafka.consumer.batch_max_records;
+        let flush = Duration::from_millis(self.config.kafka.consumer.flush_interval_ms);
+        loop {
+            let batch = self.collect(max, flush, &mut stop).await;
+            if !batch.is_empty() && !self.write(batch, &mut known, &mut stop).await {
+                break;
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        lag.abort();
+        self.health.set_consumer_alive(false);
+        tracing::info!("consumer stopped");
+        Ok(())
+    }
+
+    /// Up to `max` records, or fewer once `flush` has passed since the first one.
+    async fn collect(
+        &self,
+        max: usize,
+        flush: Duration,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Vec<OwnedMessage> {
+        let mut batch = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        while batch.len() < max {
+            let wait = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = self.consumer.recv() => match message {
+                    Ok(m) => {
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + flush);
+                        batch.push(m.detach());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                _ = wait => break,
+                _ = stop.changed() => break,
+            }
+        }
+        batch
+    }
+
+    /// Writes one batch (rows and DLQ records) and commits its offsets. Returns false when
+    /// stopped before the batch could be written (nothing committed).
+    async fn write(
+        &self,
+        batch: Vec<OwnedMessage>,
+        known: &mut HashSet<Month>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let limits = Limits {
+            max_event_bytes: usize::MAX,
+            max_future_skew: self.config.max_future_skew(),
+            retention_months: self.config.database.partition_retention_months,
+        };
+        let now = Utc::now();
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut good: Vec<(Row, &OwnedMessage)> = Vec::new();
+        let mut poison: Vec<(&OwnedMessage, Poison)> = Vec::new();
+        for m in &batch {
+            let next = offsets.entry(m.partition()).or_insert(0);
+            *next = (*next).max(m.offset() + 1);
+            match decode(m.payload(), &limits, now) {
+                Ok(row) => good.push((row, m)),
+                Err(p) => poison.push((m, p)),
+            }
+        }
+        // Rows whose month has no partition cannot be stored: they go to the DLQ as well.
+        let needed: HashSet<Month> = good.iter().map(|(r, _)| Month::of(r.occurred_at)).collect();
+        if !needed.is_subset(known) {
+            let Some(existing) = self
+                .retry(stop, "listing partitions", || {
+                    partitions::existing(&self.pool)
+                })
+                .await
+            else {
+                return false;
+            };
+            known.extend(existing);
+        }
+        let (stored, unplaced): (Vec<_>, Vec<_>) = good
+            .into_iter()
+            .partition(|(r, _)| known.contains(&Month::of(r.occurred_at)));
+        for (row, m) in unplaced {
+            poison.push((
+                m,
+                Poison {
+                    reason: format!(
+                        "no partition for time {} (month {}); run audit-manager maintain",
+                        row.occurred_at.to_rfc3339(),
+                        Month::of(row.occurred_at).table()
+                    ),
+                },
+            ));
+        }
+        for (m, p) in &poison {
+            tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %p.reason, "record to the DLQ");
+            dlq::send(&self.dlq, &self.config.kafka.dlq_topic, m, &p.reason, now).await;
+            self.metrics
+                .dlq_records
+                .with_label_values(&[dlq::kind(&p.reason)])
+                .inc();
+        }
+        let rows: Vec<Row> = stored.into_iter().map(|(r, _)| r).collect();
+        if !rows.is_empty() {
+            let started = Instant::now();
+            let Some(inserted) = self
+                .retry(stop, "inserting a batch", || {
+                    rows::insert(&self.pool, &rows)
+                })
+                .await
+            else {
+                return false;
+            };
+            self.metrics
+                .sink_insert_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.sink_batch_size.observe(rows.len() as f64);
+            self.metrics.rows_written.inc_by(inserted);
+            self.metrics
+                .rows_duplicate
+                .inc_by(rows.len() as u64 - inserted);
+        }
+        self.commit(&offsets);
+        true
+    }
+
+    /// Runs `step` until it succeeds, pausing fetching and backing off while it fails; None
+    /// when stopped first.
+    async fn retry<T, F, Fut>(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        what: &str,
+        step: F,
+    ) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, crate::db::DbError>>,
+    {
+        let mut backoff =
+            Duration::from_millis(self.config.kafka.consumer.retry_initial_backoff_ms);
+        let cap = Duration::from_millis(self.config.kafka.consumer.retry_max_backoff_ms);
+        let mut paused = false;
+        loop {
+            match step().await {
+                Ok(v) => {
+                    if paused {
+                        self.set_paused(false);
+                        tracing::info!("database back: {what} succeeded, fetching resumed");
+                    }
+                    self.health.set_database(Check {
+                        ok: true,
+                        error: None,
+                    });
+                    self.health.update_consumer_detail(|d| d.retrying = None);
+                    self.metrics.sink_failing.set(0);
+                    return Some(v);
+                }
+                Err(e) => {
+                    let message = format!("{what}: {e}");
+                    tracing::warn!(error = %message, retry_in_ms = backoff.as_millis() as u64, "database step failed; keeping the batch");
+                    self.metrics.sink_retries.inc();
+                    self.metrics.sink_failing.set(1);
+                    self.health.set_database(Check {
+                        ok: false,
+                        error: Some(message.clone()),
+                    });
+                    self.health
+                        .update_consumer_detail(|d| d.retrying = Some(message));
+                    if !paused {
+                        self.set_paused(true);
+                        paused = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {
+                            tracing::warn!("stopping while the database is failing: the batch stays in Kafka, uncommitted");
+                            return None;
+                        }
+                    }
+                    backoff = (backoff * 2).min(cap);
+                }
+            }
+        }
+    }
+
+    fn set_paused(&self, pause: bool) {
+        let result = self.consumer.assignment().and_then(|assigned| {
+            let r = if pause {
+                self.consumer.pause(&assigned)
+            } else {
+                self.consumer.resume(&assigned)
+            };
+            drop(assigned);
+            r
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, pause, "cannot pause/resume fetching");
+        }
+    }
+
+    fn commit(&self, offsets: &BTreeMap<i32, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for (&partition, &next) in offsets {
+            if let Err(e) =
+                tpl.add_partition_offset(&self.config.kafka.topic, partition, Offset::Offset(next))
+            {
+                tracing::error!(error = %e, partition, "cannot build the offset commit");
+            }
+        }
+        // After a rebalance the commit of revoked partitions fails; their new owner re-reads
+        // them and ON CONFLICT DO NOTHING keeps the rows single.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed; the batch may be re-read (rows stay single)");
+        }
+    }
+}
+
+/// Parses and validates one record value into a row.
+pub fn decode(payload: Option<&[u8]>, limits: &Limits, now: DateTime<Utc>) -> Result<Row, Poison> {
+    let bytes = payload.ok_or_else(|| Poison {
+        reason: "empty record: no value".into(),
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Poison {
+        reason: format!("not JSON: {e}"),
+    })?;
+    let event = event::validate(value, limits, now).map_err(|e| Poison {
+        reason: match e {
+            Invalid::Fields(f) => format!(
+                "invalid event: {}",
+                f.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Invalid::TooLarge { size, limit } => {
+                format!("invalid event: {size} bytes over {limit}")
+            }
+        },
+    })?;
+    Ok(rows::to_row(&event))
+}
+
+/// Every 10 s: lag of the partitions assigned to this consumer (high watermark minus the
+/// committed offset), per partition and in total.
+async fn watch_lag(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) {
+    loop {
+        let c = Arc::clone(&consumer);
+        let t = topic.clone();
+        let lags = tokio::task::spawn_blocking(move || lag_of(&c, &t))
+            .await
+            .ok()
+            .flatten();
+        if let Some(lags) = lags {
+            metrics.consumer_lag.reset();
+            let total: i64 = lags.iter().map(|(_, l)| *l).sum();
+            for (p, l) in &lags {
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[&p.to_string()])
+                    .set(*l);
+            }
+            health.update_consumer_detail(|d| d.lag_total = Some(total));
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+fn lag_of(consumer: &StreamConsumer, topic: &str) -> Option<Vec<(i32, i64)>> {
+    let committed = consumer.committed(Duration::from_secs(5)).ok()?;
+    let mut lags = Vec::new();
+    for e in committed.elements_for_topic(topic) {
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))
+        else {
+            continue;
+        };
+        let position = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        lags.push((e.partition(), (high - position).max(0)));
+    }
+    drop(committed);
+    Some(lags)
+}

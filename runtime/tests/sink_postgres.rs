@@ -1,0 +1,719 @@
+//! The Kafka → PostgreSQL sink against the real broker and server: rows exactly as SPEC §2.3
+//! says, exactly once through replays, outages and rebalances; poison records in the DLQ;
+//! partition maintenance; the roles' privileges.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use audit_testenv::http::HttpClient;
+use audit_testenv::topics::{create_topic, read_topic};
+use audit_testenv::{AuditManager, Kafka, Postgres};
+use chrono::{DateTime, Utc};
+use common::{Database, generated, post_batch, samples, unique, wait_count};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sqlx::Row as _;
+
+mod common;
+
+/// A topic pair, a consumer group and a database for one test.
+struct Setup {
+    db: Database,
+    topic: String,
+    dlq: String,
+    group: String,
+}
+
+async fn setup(kafka: &Kafka, pg: &Postgres) -> Setup {
+    let s = Setup {
+        db: Database::create(pg),
+        topic: unique("events"),
+        dlq: unique("dlq"),
+        group: unique("group"),
+    };
+    create_topic(&kafka.bootstrap(), &s.topic, 3).await;
+    create_topic(&kafka.bootstrap(), &s.dlq, 1).await;
+    s
+}
+
+impl Setup {
+    fn env(&self, group: &str) -> Vec<(&'static str, String)> {
+        let mut env = self.db.writer_env();
+        env.extend([
+            ("AUDIT_MANAGER__KAFKA__DLQ_TOPIC", self.dlq.clone()),
+            ("AUDIT_MANAGER__KAFKA__CONSUMER_GROUP", group.to_string()),
+            (
+                "AUDIT_MANAGER__KAFKA__CONSUMER__FLUSH_INTERVAL_MS",
+                "200".into(),
+            ),
+            (
+                "AUDIT_MANAGER__KAFKA__CONSUMER__RETRY_INITIAL_BACKOFF_MS",
+                "100".into(),
+            ),
+            (
+                "AUDIT_MANAGER__KAFKA__CONSUMER__RETRY_MAX_BACKOFF_MS",
+                "1000".into(),
+            ),
+            // The writer role cannot create partitions; `migrate --create-roles` did.
+            ("AUDIT_MANAGER__COMPONENTS__MAINTENANCE", "false".into()),
+        ]);
+        env
+    }
+
+    fn start(&self, kafka: &Kafka) -> AuditManager {
+        common::start(kafka, &self.topic, &self.env(&self.group))
+    }
+}
+
+async fn produce(kafka: &Kafka, topic: &str, records: &[(Option<&str>, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .create()
+        .expect("producer");
+    for (key, payload) in records {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_become_rows_exactly_as_specified_and_replays_never_duplicate() {
+    let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
+    let s = setup(kafka, pg).await;
+    let runtime = s.start(kafka);
+    let mut client = HttpClient::connect(&runtime.address())
+        .await
+        .expect("connect");
+    let mut expected = 0;
+    for round in 0..3 {
+        for (name, body) in samples() {
+            if let Some(events) = body.get("events").and_then(Value::as_array) {
+                post_batch(&mut client, events).await;
+                if round == 0 {
+                    expected += events.len();
+                }
+            } else {
+                let a = client
+                    .post(
+                        "/v1/auditmanager/events",
+                        "application/json",
+                        body.to_string(),
+                    )
+                    .await
+                    .expect("POST");
+                assert_eq!(a.status, 202, "{name}");
+                if round == 0 {
+                    expected += 1;
+                }
+            }
+        }
+    }
+    // The same id from another source is another event.
+    let mut other = samples()[0].1.clone();
+    other["source"] = json!("/openg2p/another-idp");
+    post_batch(&mut client, &[other]).await;
+    expected += 1;
+
+    let reader = s.db.connect("reader").await;
+    let n = wait_count(
+        &reader,
+        "SELECT count(*) FROM audit_events",
+        expected as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        n, expected as i64,
+        "three rounds of the samples give one row each"
+    );
+    let two: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE id = 'evt-login-0001'")
+            .fetch_one(&reader)
+            .await
+            .expect("count");
+    assert_eq!(two, 2, "same id from two sources: two rows");
+
+    let row = sqlx::query(
+        "SELECT id, source, type, subject, occurred_at, ingested_at, actor_type, actor_id, resource_type,
+                resource_id, action, outcome, reason, trace_id, details
+           FROM audit_events WHERE id = 'evt-benef-0002'",
+    )
+    .fetch_one(&reader)
+    .await
+    .expect("the beneficiary update row");
+    let get = |c: &str| row.try_get::<Option<String>, _>(c).expect(c);
+    assert_eq!(get("source").as_deref(), Some("/openg2p/registry"));
+    assert_eq!(
+        get("type").as_deref(),
+        Some("org.openg2p.beneficiary.updated")
+    );
+    assert_eq!(get("subject").as_deref(), Some("beneficiary/b_1029384756"));
+    assert_eq!(get("actor_type").as_deref(), Some("user"));
+    assert_eq!(get("actor_id").as_deref(), Some("u_4421"));
+    assert_eq!(get("resource_type").as_deref(), Some("beneficiary"));
+    assert_eq!(get("resource_id").as_deref(), Some("b_1029384756"));
+    assert_eq!(get("action").as_deref(), Some("update"));
+    assert_eq!(get("outcome").as_deref(), Some("success"));
+    assert_eq!(
+        get("reason").as_deref(),
+        Some("beneficiary request at the district office")
+    );
+    assert_eq!(
+        get("trace_id").as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    let occurred: DateTime<Utc> = row.try_get("occurred_at").expect("occurred_at");
+    assert_eq!(occurred.to_rfc3339(), "2026-11-02T09:18:55+00:00");
+    let details: Value = row.try_get("details").expect("details");
+    assert_eq!(
+        details,
+        json!({
+            "actor": {"name": "asha.rao", "roles": ["enrolment-officer"], "session_id": "s_9f2c"},
+            "changes": {
+                "bank_account": {"old": "XXXX1234", "new": "XXXX9876"},
+                "phone": {"old": "+91-98XXXX0001", "new": "+91-98XXXX0042"}
+            }
+        })
+    );
+    let payment: Value =
+        sqlx::query_scalar("SELECT details FROM audit_events WHERE id = 'evt-pay-0001'")
+            .fetch_one(&reader)
+            .await
+            .expect("payment");
+    assert_eq!(
+        payment["resource"]["amount"],
+        json!(12500),
+        "resource extras stay in details"
+    );
+    let denied: (String, Option<String>) =
+        sqlx::query_as("SELECT outcome, reason FROM audit_events WHERE id = 'evt-authz-0001'")
+            .fetch_one(&reader)
+            .await
+            .expect("denied");
+    assert_eq!(
+        denied,
+        (
+            "denied".into(),
+            Some("missing permission registry.export".into())
+        )
+    );
+    let nothing_left: Option<Value> = sqlx::query_scalar(
+        "SELECT details FROM audit_events WHERE type = 'org.openg2p.portal.page_viewed'",
+    )
+    .fetch_one(&reader)
+    .await
+    .expect("page view");
+    assert_eq!(nothing_left, None, "details is NULL when nothing is left");
+
+    // Restart from offset 0 with a new group: every record is read again, no row is added.
+    drop(client);
+    drop(runtime);
+    let again = common::start(kafka, &s.topic, &s.env(&unique("regroup")));
+    let health = wait_lag_zero(&again).await;
+    assert_eq!(health["components"]["consumer"]["lag"], json!(0));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&reader)
+        .await
+        .expect("count");
+    assert_eq!(
+        n, expected as i64,
+        "re-reading the topic from offset 0 adds no row"
+    );
+}
+
+/// Waits until the runtime reports consumer lag 0; returns its health report.
+async fn wait_lag_zero(runtime: &AuditManager) -> Value {
+    let mut client = HttpClient::connect(&runtime.address())
+        .await
+        .expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = client
+            .get("/v1/auditmanager/health")
+            .await
+            .expect("health")
+            .json();
+        if report["response"]["components"]["consumer"]["lag"] == json!(0) {
+            return report["response"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never reached 0: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Committed offsets of `group` on `topic`, summed.
+fn committed(kafka: &Kafka, group: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition(topic, p);
+    }
+    let offsets = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let sum = offsets
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    drop(offsets);
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_loses_nothing_and_commits_nothing_early() {
+    let kafka = audit_testenv::kafka();
+    // Its own server: this test stops it.
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("testenv: {e}"));
+    let s = setup(kafka, &pg).await;
+    let runtime = s.start(kafka);
+    let mut client = HttpClient::connect(&runtime.address())
+        .await
+        .expect("connect");
+    let reader = s.db.connect("reader").await;
+    let mut sent = 0usize;
+    for i in 0..10 {
+        post_batch(
+            &mut client,
+            &(0..50)
+                .map(|j| generated(i * 50 + j, "outage"))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        sent += 50;
+    }
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events",
+            sent as i64,
+            Duration::from_secs(30)
+        )
+        .await,
+        sent as i64
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = committed(kafka, &s.group, &s.topic);
+    assert_eq!(before, sent as i64, "offsets committed once the rows exist");
+
+    pg.stop();
+    let outage = std::time::Instant::now();
+    let mut during = 0usize;
+    while outage.elapsed() < Duration::from_secs(30) {
+        let batch: Vec<Value> = (0..20)
+            .map(|j| generated(10_000 + during + j, "outage"))
+            .collect();
+        post_batch(&mut client, &batch).await; // ingest stays up: 202 while the database is down
+        during += 20;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ready = client
+        .get("/v1/auditmanager/health/ready")
+        .await
+        .expect("ready");
+    assert_eq!(ready.status, 200, "readiness does not depend on PostgreSQL");
+    let health = client
+        .get("/v1/auditmanager/health")
+        .await
+        .expect("health")
+        .json();
+    assert!(
+        health["response"]["components"]["database"]["reachable"] == json!(false),
+        "{health}"
+    );
+    assert_eq!(
+        committed(kafka, &s.group, &s.topic),
+        before,
+        "nothing committed while the database is down"
+    );
+
+    pg.resume()
+        .unwrap_or_else(|e| panic!("restarting PostgreSQL: {e}"));
+    let reader = s.db.connect("reader").await;
+    let total = (sent + during) as i64;
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events",
+            total,
+            Duration::from_secs(60)
+        )
+        .await,
+        total
+    );
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT id) FROM audit_events")
+        .fetch_one(&reader)
+        .await
+        .expect("count");
+    assert_eq!(distinct, total, "every event exactly once");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        committed(kafka, &s.group, &s.topic),
+        total,
+        "offsets caught up after the rows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_go_to_the_dlq_with_headers_and_neighbours_are_stored() {
+    let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
+    let s = setup(kafka, pg).await;
+    // A month without a partition: drop one inside the retention window.
+    let admin = sqlx::PgPool::connect(&pg.superuser_url(&s.db.name))
+        .await
+        .expect("admin");
+    sqlx::raw_sql("DROP TABLE audit_events_2021_03")
+        .execute(&admin)
+        .await
+        .expect("drop partition");
+    let runtime = s.start(kafka);
+    let good = |n: usize| serde_json::to_vec(&generated(n, "neighbour")).expect("json");
+    let mut orphan = generated(99, "orphan");
+    orphan["time"] = json!("2021-03-15T10:00:00Z");
+    let mut ancient = generated(98, "ancient");
+    ancient["time"] = json!("1999-01-01T00:00:00Z");
+    let records: Vec<(Option<&str>, Vec<u8>)> = vec![
+        (Some("k"), good(1)),
+        (Some("k"), vec![0xff, 0x00, 0x13, 0x37]),
+        (Some("k"), b"{\"specversion\": \"1.0\", ".to_vec()),
+        (Some("k"), good(2)),
+        (
+            Some("k"),
+            serde_json::to_vec(&json!({"specversion": "1.0", "id": "x"})).expect("json"),
+        ),
+        (Some("k"), serde_json::to_vec(&ancient).expect("json")),
+        (Some("k"), serde_json::to_vec(&orphan).expect("json")),
+        (Some("k"), good(3)),
+    ];
+    produce(kafka, &s.topic, &records).await;
+    let reader = s.db.connect("reader").await;
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events",
+            3,
+            Duration::from_secs(30)
+        )
+        .await,
+        3,
+        "valid neighbours stored"
+    );
+    let dlq = read_topic(&kafka.bootstrap(), &s.dlq, 5, Duration::from_secs(30));
+    assert_eq!(dlq.len(), 5, "{dlq:?}");
+    let reasons: Vec<&str> = dlq
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("audit-dlq-reason")
+                .map(String::as_str)
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(reasons[0].starts_with("not JSON"), "{reasons:?}");
+    assert!(reasons[1].starts_with("not JSON"), "{reasons:?}");
+    assert!(
+        reasons[2].starts_with("invalid event") && reasons[2].contains("source"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].starts_with("invalid event") && reasons[3].contains("time"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[4].starts_with("no partition") && reasons[4].contains("audit_events_2021_03"),
+        "{reasons:?}"
+    );
+    let offsets: HashSet<String> = dlq
+        .iter()
+        .map(|r| r.headers["audit-dlq-original-offset"].clone())
+        .collect();
+    for r in &dlq {
+        assert_eq!(r.headers["audit-dlq-original-topic"], s.topic);
+        assert!(
+            r.headers["audit-dlq-original-partition"]
+                .parse::<i32>()
+                .is_ok()
+        );
+        assert!(DateTime::parse_from_rfc3339(&r.headers["audit-dlq-first-seen"]).is_ok());
+        assert_eq!(r.key.as_deref(), Some("k"), "the original key is kept");
+    }
+    assert_eq!(offsets.len(), 5, "each DLQ record names its own offset");
+    assert_eq!(
+        &dlq[0].payload, &records[1].1,
+        "the original bytes are kept"
+    );
+
+    // The consumer keeps running: a later event is stored too.
+    produce(kafka, &s.topic, &[(Some("k"), good(4))]).await;
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events",
+            4,
+            Duration::from_secs(30)
+        )
+        .await,
+        4
+    );
+
+    // Fix the cause (create the partition) and replay the DLQ: the orphan is stored, the rest
+    // returns to the DLQ once more; replaying again sends nothing new.
+    sqlx::raw_sql("CREATE TABLE audit_events_2021_03 PARTITION OF audit_events FOR VALUES FROM ('2021-03-01') TO ('2021-04-01')")
+        .execute(&admin)
+        .await
+        .expect("recreate partition");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT SELECT, INSERT ON audit_events_2021_03 TO {}",
+        s.db.role("writer")
+    )))
+    .execute(&admin)
+    .await
+    .expect("grant");
+    let replay = |times: &'static str| {
+        let mut cmd = std::process::Command::new(common::BINARY);
+        cmd.args(["dlq", "replay"])
+            .env_clear()
+            .envs(s.env(&s.group))
+            .env("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS", kafka.bootstrap())
+            .env("AUDIT_MANAGER__KAFKA__TOPIC", &s.topic);
+        let out = cmd.output().expect("dlq replay");
+        assert!(
+            out.status.success(),
+            "{times}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(replay("first").contains("replayed 5 record(s)"));
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events",
+            5,
+            Duration::from_secs(30)
+        )
+        .await,
+        5,
+        "the orphan is stored after the fix"
+    );
+    assert!(
+        replay("second").contains("replayed 4 record(s)"),
+        "only the 4 that came back after the first replay"
+    );
+    drop(runtime);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_rebalance_without_loss_or_duplicates() {
+    let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
+    let s = setup(kafka, pg).await;
+    let ingest = common::start(kafka, &s.topic, &common::ingest_only());
+    let a = s.start(kafka);
+    let b = s.start(kafka);
+    let mut client = HttpClient::connect(&ingest.address())
+        .await
+        .expect("connect");
+    let mut sent = 0;
+    for i in 0..40 {
+        post_batch(
+            &mut client,
+            &(0..50)
+                .map(|j| generated(i * 50 + j, "rebalance"))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        sent += 50;
+        if i == 15 {
+            b.terminate();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        b.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success()),
+        "{}",
+        b.log_tail(20)
+    );
+    let reader = s.db.connect("reader").await;
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events",
+            sent,
+            Duration::from_secs(60)
+        )
+        .await,
+        sent,
+        "nothing lost, nothing duplicated"
+    );
+    drop(a);
+}
+
+async fn partitions(pool: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+          WHERE i.inhparent = 'audit_events'::regclass ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("partitions")
+}
+
+fn maintain(db: &Database, now: &str, retention: u32) -> std::process::Output {
+    std::process::Command::new(common::BINARY)
+        .args(["maintain", "--now", now])
+        .env_clear()
+        .envs(db.env_for(&db.role("owner"), &db.password))
+        .env(
+            "AUDIT_MANAGER__DATABASE__PARTITION_RETENTION_MONTHS",
+            retention.to_string(),
+        )
+        .env("AUDIT_MANAGER__DATABASE__PARTITION_PRE_CREATE_MONTHS", "3")
+        .output()
+        .expect("maintain")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintain_creates_and_drops_exactly_the_planned_partitions() {
+    let pg = audit_testenv::postgres();
+    let db = Database::create(pg);
+    let owner = db.connect("owner").await;
+    // migrate --create-roles ran maintenance for today; start from a clean slate.
+    for p in partitions(&owner).await {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {p}")))
+            .execute(&owner)
+            .await
+            .expect("drop");
+    }
+    let out = maintain(&db, "2030-06-15T12:00:00Z", 12);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = partitions(&owner).await;
+    assert_eq!(got.len(), 12 + 1 + 3, "{got:?}");
+    assert_eq!(
+        got.first().map(String::as_str),
+        Some("audit_events_2029_06")
+    );
+    assert_eq!(got.last().map(String::as_str), Some("audit_events_2030_09"));
+    // Idempotent.
+    let again = maintain(&db, "2030-06-15T12:00:00Z", 12);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("created 0 partition(s)"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(partitions(&owner).await, got);
+    // Two months later: the two oldest go, two new months come.
+    let later = maintain(&db, "2030-08-01T00:00:00Z", 12);
+    let text = String::from_utf8_lossy(&later.stdout);
+    assert!(
+        text.contains("dropped 2 (audit_events_2029_06, audit_events_2029_07)"),
+        "{text}"
+    );
+    let now = partitions(&owner).await;
+    assert_eq!(
+        now.first().map(String::as_str),
+        Some("audit_events_2029_08")
+    );
+    assert_eq!(now.last().map(String::as_str), Some("audit_events_2030_11"));
+    // Retention 0 never drops.
+    let forever = maintain(&db, "2035-01-01T00:00:00Z", 0);
+    assert!(String::from_utf8_lossy(&forever.stdout).contains("dropped 0"));
+    // Concurrent runs: all succeed, no partition twice.
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (name, host, port, password) = (
+                db.name.clone(),
+                db.host.clone(),
+                db.port,
+                db.password.clone(),
+            );
+            std::thread::spawn(move || {
+                let db = Database {
+                    name,
+                    host,
+                    port,
+                    password,
+                };
+                maintain(&db, "2036-01-01T00:00:00Z", 12)
+            })
+        })
+        .collect();
+    for r in runs {
+        let out = r.join().expect("thread");
+        assert!(
+            out.status.success(),
+            "concurrent maintain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let last = partitions(&owner).await;
+    assert_eq!(last.iter().collect::<HashSet<_>>().len(), last.len());
+    assert_eq!(
+        last.first().map(String::as_str),
+        Some("audit_events_2035_01")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_appends_and_the_reader_only_reads() {
+    let pg = audit_testenv::postgres();
+    let db = Database::create(pg);
+    let writer = db.connect("writer").await;
+    let reader = db.connect("reader").await;
+    let owner = db.connect("owner").await;
+    let insert = "INSERT INTO audit_events (id, source, type, occurred_at, actor_type, actor_id, action, outcome)
+                  VALUES ('r1', '/t', 't', now(), 'user', 'u', 'a', 'success')";
+    sqlx::raw_sql(insert)
+        .execute(&writer)
+        .await
+        .expect("the writer inserts");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&writer)
+        .await
+        .expect("the writer selects");
+    assert_eq!(n, 1);
+    for (who, pool, sql) in [
+        ("writer", &writer, "UPDATE audit_events SET action = 'x'"),
+        ("writer", &writer, "DELETE FROM audit_events"),
+        ("writer", &writer, "TRUNCATE audit_events"),
+        ("writer", &writer, "CREATE TABLE sneaky (x int)"),
+        ("reader", &reader, insert),
+        ("reader", &reader, "UPDATE audit_events SET action = 'x'"),
+        ("reader", &reader, "DELETE FROM audit_events"),
+        ("reader", &reader, "CREATE TABLE sneaky (x int)"),
+        ("owner", &owner, "UPDATE audit_events SET action = 'x'"),
+        ("owner", &owner, "DELETE FROM audit_events"),
+        ("owner", &owner, "TRUNCATE audit_events"),
+    ] {
+        let err = sqlx::raw_sql(sql).execute(pool).await.err();
+        assert!(err.is_some(), "{who} must not run: {sql}");
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&reader)
+        .await
+        .expect("the reader selects");
+    assert_eq!(n, 1, "the row is untouched");
+}
