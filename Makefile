@@ -36,5 +36,6 @@ fmt: ## format the code
 	$(CARGO) fmt --all
 
 bench: testenv ## the benchmark: ingest throughput, latency, memory and drain time (release build)
-	$(CARGO) build --release --locked -p audit-manager -p audit-testenv --bin audit-manager --bin bench-ingest
-	$${CARGO_TARGET_DIR:-target}/release/bench-ingest $(BENCH_ARGS)
+	$(CARGO) build --release --locked -p audit-manager -p audit-testenv --bin audit-manager --bin bench-ingest --bin bench-sink
+	$${CARGO_TARGET_DIR:-target}/release/bench-ingest $(BENCH_INGEST_ARGS)
+	$${CARGO_TARGET_DIR:-target}/release/bench-sink $(BENCH_SINK_ARGS)

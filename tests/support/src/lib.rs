@@ -14,6 +14,7 @@
 pub mod http;
 mod kafka;
 mod kube;
+pub mod loadgen;
 mod postgres;
 mod process;
 mod runtime;

@@ -1,0 +1,175 @@
+//! The load generator of `make bench`: keep-alive connections, closed-loop (saturation) or
+//! open-loop (fixed rate, latency measured from the scheduled send time so a stall is not
+//! hidden), and a latency summary.
+
+use std::time::{Duration, Instant};
+
+use crate::http::HttpClient;
+
+/// A realistic event with a unique id (`run`-`n`) and its send time in `data.context.sent`.
+pub fn event(n: u64, run: &str) -> String {
+    // Fixed-size, realistic event; ids unique per run.
+    format!(
+        r#"{{"specversion":"1.0","id":"{run}-{n}","source":"/bench","type":"org.openg2p.beneficiary.viewed","subject":"beneficiary/b_{}","time":"{}","data":{{"actor":{{"type":"user","id":"u_{}","roles":["enrolment-officer"]}},"action":"view","outcome":"success","resource":{{"type":"beneficiary","id":"b_{}"}},"context":{{"sent":"{}"}}}}}}"#,
+        n % 100_000,
+        chrono_now(),
+        n % 5000,
+        n % 100_000,
+        chrono_now()
+    )
+}
+
+fn chrono_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[derive(Default)]
+pub struct Tally {
+    pub accepted: u64,
+    pub refused: u64,
+    pub errors: u64,
+    pub latencies_us: Vec<u32>,
+}
+
+impl Tally {
+    pub fn merge(&mut self, other: Tally) {
+        self.accepted += other.accepted;
+        self.refused += other.refused;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    pub fn report(mut self, name: &str, elapsed: Duration, events_per_request: usize) {
+        self.latencies_us.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if self.latencies_us.is_empty() {
+                return f64::NAN;
+            }
+            let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(self.latencies_us[i]) / 1000.0
+        };
+        let events = self.accepted * events_per_request as u64;
+        println!(
+            "{name:<28} {:>10.0} events/s accepted  ({} requests 202, {} refused 503, {} errors)  latency ms p50 {:.2}  p99 {:.2}  p99.9 {:.2}",
+            events as f64 / elapsed.as_secs_f64(),
+            self.accepted,
+            self.refused,
+            self.errors,
+            pct(0.50),
+            pct(0.99),
+            pct(0.999)
+        );
+    }
+}
+
+/// One connection sending requests; `interval` None = as fast as answers come back
+/// (closed loop, saturation), Some = open loop at that spacing.
+pub async fn worker(
+    address: String,
+    path: &'static str,
+    content_type: &'static str,
+    body: impl Fn(u64) -> String,
+    until: Instant,
+    interval: Option<Duration>,
+    offset: Duration,
+) -> Tally {
+    let mut tally = Tally::default();
+    let Ok(mut client) = HttpClient::connect(&address).await else {
+        tally.errors += 1;
+        return tally;
+    };
+    let mut n = 0u64;
+    let mut next = Instant::now() + offset;
+    while Instant::now() < until {
+        let scheduled = match interval {
+            Some(i) => {
+                tokio::time::sleep_until(next.into()).await;
+                let s = next;
+                next += i;
+                s
+            }
+            None => Instant::now(),
+        };
+        let payload = body(n);
+        n += 1;
+        match client.post(path, content_type, payload).await {
+            Ok(a) if a.status == 202 => {
+                tally.accepted += 1;
+                tally
+                    .latencies_us
+                    .push(scheduled.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            }
+            Ok(a) if a.status == 503 => tally.refused += 1,
+            Ok(_) | Err(_) => {
+                tally.errors += 1;
+                if let Ok(c) = HttpClient::connect(&address).await {
+                    client = c;
+                }
+            }
+        }
+    }
+    tally
+}
+
+pub async fn run_phase(
+    name: &str,
+    address: &str,
+    connections: usize,
+    seconds: u64,
+    rate: Option<u64>,
+    batch: Option<usize>,
+) -> u64 {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let run = format!("{}-{c}", name.replace(' ', "-"));
+        let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r as f64));
+        let offset = interval
+            .map(|i| i.mul_f64(c as f64 / connections as f64))
+            .unwrap_or_default();
+        let address = address.to_string();
+        tasks.push(tokio::spawn(async move {
+            match batch {
+                None => {
+                    worker(
+                        address,
+                        "/v1/auditmanager/events",
+                        "application/json",
+                        move |n| event(n, &run),
+                        until,
+                        interval,
+                        offset,
+                    )
+                    .await
+                }
+                Some(size) => {
+                    worker(
+                        address,
+                        "/v1/auditmanager/events/batch",
+                        "application/json",
+                        move |n| {
+                            let events: Vec<String> = (0..size as u64)
+                                .map(|i| event(n * size as u64 + i, &run))
+                                .collect();
+                            format!(r#"{{"events":[{}]}}"#, events.join(","))
+                        },
+                        until,
+                        interval,
+                        offset,
+                    )
+                    .await
+                }
+            }
+        }));
+    }
+    let mut tally = Tally::default();
+    for t in tasks {
+        if let Ok(t) = t.await {
+            tally.merge(t);
+        }
+    }
+    let events = tally.accepted * batch.unwrap_or(1) as u64;
+    tally.report(name, started.elapsed(), batch.unwrap_or(1));
+    events
+}
