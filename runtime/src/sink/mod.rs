@@ -42,6 +42,14 @@ pub fn build_consumer(config: &Config) -> Result<StreamConsumer, KafkaError> {
         .create()
 }
 
+/// A decoded batch waiting to be written.
+struct Prepared {
+    offsets: BTreeMap<i32, i64>,
+    good: Vec<(Row, OwnedMessage)>,
+    poison: Vec<(OwnedMessage, Poison)>,
+    now: DateTime<Utc>,
+}
+
 /// Why a record went to the DLQ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Poison {
@@ -60,6 +68,9 @@ pub struct Sink {
 
 impl Sink {
     /// Consumes until `stop` turns true, then finishes the batch in hand and commits it.
+    ///
+    /// One batch is decoded while the previous one is being written: the database and the
+    /// consumer work at the same time, and writes (and so offset commits) stay in order.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.config.kafka.topic])?;
         self.health.set_consumer_alive(true);
@@ -69,20 +80,37 @@ impl Sink {
             Arc::clone(&self.metrics),
             Arc::clone(&self.health),
         ));
+        let sink = Arc::new(self);
+        let max = sink.config.kafka.consumer.batch_max_records;
+        let flush = Duration::from_millis(sink.config.kafka.consumer.flush_interval_ms);
         let mut known = HashSet::new();
-        let max = self.config.kafka.consumer.batch_max_records;
-        let flush = Duration::from_millis(self.config.kafka.consumer.flush_interval_ms);
+        let mut writing: Option<tokio::task::JoinHandle<Option<HashSet<Month>>>> = None;
         loop {
-            let batch = self.collect(max, flush, &mut stop).await;
-            if !batch.is_empty() && !self.write(batch, &mut known, &mut stop).await {
-                break;
+            let batch = sink.collect(max, flush, &mut stop).await;
+            let prepared = (!batch.is_empty()).then(|| sink.prepare(batch));
+            if let Some(previous) = writing.take() {
+                match previous.await {
+                    Ok(Some(k)) => known = k,
+                    // Stopped while the database was failing: nothing more is written.
+                    _ => break,
+                }
+            }
+            if let Some(prepared) = prepared {
+                let (me, mut stop) = (Arc::clone(&sink), stop.clone());
+                let mut k = std::mem::take(&mut known);
+                writing = Some(tokio::spawn(async move {
+                    me.write(prepared, &mut k, &mut stop).await.then_some(k)
+                }));
             }
             if *stop.borrow() {
                 break;
             }
         }
+        if let Some(last) = writing {
+            let _ = last.await;
+        }
         lag.abort();
-        self.health.set_consumer_alive(false);
+        sink.health.set_consumer_alive(false);
         tracing::info!("consumer stopped");
         Ok(())
     }
@@ -121,31 +149,45 @@ impl Sink {
         batch
     }
 
-    /// Writes one batch (rows and DLQ records) and commits its offsets. Returns false when
-    /// stopped before the batch could be written (nothing committed).
-    async fn write(
-        &self,
-        batch: Vec<OwnedMessage>,
-        known: &mut HashSet<Month>,
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
+    /// Decodes a batch: rows, poison records and the offsets to commit.
+    fn prepare(&self, batch: Vec<OwnedMessage>) -> Prepared {
         let limits = Limits {
             max_event_bytes: usize::MAX,
             max_future_skew: self.config.max_future_skew(),
             retention_months: self.config.database.partition_retention_months,
         };
         let now = Utc::now();
-        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut good: Vec<(Row, &OwnedMessage)> = Vec::new();
-        let mut poison: Vec<(&OwnedMessage, Poison)> = Vec::new();
-        for m in &batch {
-            let next = offsets.entry(m.partition()).or_insert(0);
+        let mut prepared = Prepared {
+            offsets: BTreeMap::new(),
+            good: Vec::new(),
+            poison: Vec::new(),
+            now,
+        };
+        for m in batch {
+            let next = prepared.offsets.entry(m.partition()).or_insert(0);
             *next = (*next).max(m.offset() + 1);
             match decode(m.payload(), &limits, now) {
-                Ok(row) => good.push((row, m)),
-                Err(p) => poison.push((m, p)),
+                Ok(row) => prepared.good.push((row, m)),
+                Err(p) => prepared.poison.push((m, p)),
             }
         }
+        prepared
+    }
+
+    /// Writes one batch (rows and DLQ records) and commits its offsets. Returns false when
+    /// stopped before the batch could be written (nothing committed).
+    async fn write(
+        &self,
+        prepared: Prepared,
+        known: &mut HashSet<Month>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let Prepared {
+            offsets,
+            good,
+            mut poison,
+            now,
+        } = prepared;
         // Rows whose month has no partition cannot be stored: they go to the DLQ as well.
         let needed: HashSet<Month> = good.iter().map(|(r, _)| Month::of(r.occurred_at)).collect();
         if !needed.is_subset(known) {
