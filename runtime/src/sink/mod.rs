@@ -8,8 +8,8 @@
 
 pub mod dlq;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -20,6 +20,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::db::partitions::{self, Month};
@@ -42,9 +43,12 @@ pub fn build_consumer(config: &Config) -> Result<StreamConsumer, KafkaError> {
         .create()
 }
 
+/// The next offset to commit, per partition.
+type Offsets = BTreeMap<i32, i64>;
+
 /// A decoded batch waiting to be written.
 struct Prepared {
-    offsets: BTreeMap<i32, i64>,
+    offsets: Offsets,
     good: Vec<(Row, OwnedMessage)>,
     poison: Vec<(OwnedMessage, Poison)>,
     now: DateTime<Utc>,
@@ -67,10 +71,12 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Consumes until `stop` turns true, then finishes the batch in hand and commits it.
+    /// Consumes until `stop` turns true, then finishes the batches in hand and commits them.
     ///
-    /// One batch is decoded while the previous one is being written: the database and the
-    /// consumer work at the same time, and writes (and so offset commits) stay in order.
+    /// A batch is cut at `batch_max_records` or `flush_interval_ms` after its first record. Up
+    /// to `database.pool_max_connections` batches are written at once while the next one
+    /// fills; offsets are committed strictly in batch order, each as soon as its batch and every
+    /// batch before it are in the database (or the DLQ).
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.config.kafka.topic])?;
         self.health.set_consumer_alive(true);
@@ -83,56 +89,59 @@ impl Sink {
         let sink = Arc::new(self);
         let max = sink.config.kafka.consumer.batch_max_records;
         let flush = Duration::from_millis(sink.config.kafka.consumer.flush_interval_ms);
-        let mut known = HashSet::new();
-        let mut writing: Option<tokio::task::JoinHandle<Option<HashSet<Month>>>> = None;
+        let depth = sink.config.database.pool_max_connections.max(1) as usize;
+        let known = Arc::new(Mutex::new(HashSet::new()));
+        let mut writing: VecDeque<JoinHandle<Option<Offsets>>> = VecDeque::new();
+        // The batch being filled lives here, outside the select below, so nothing received is
+        // ever dropped when another branch wins.
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut stopping = *stop.borrow();
+        let mut failed = false;
         loop {
-            let batch = sink.collect(max, flush, &mut stop).await;
-            let prepared = (!batch.is_empty()).then(|| sink.prepare(batch));
-            if let Some(previous) = writing.take() {
-                match previous.await {
-                    Ok(Some(k)) => known = k,
-                    // Stopped while the database was failing: nothing more is written.
-                    _ => break,
-                }
-            }
-            if let Some(prepared) = prepared {
-                let (me, mut stop) = (Arc::clone(&sink), stop.clone());
-                let mut k = std::mem::take(&mut known);
-                writing = Some(tokio::spawn(async move {
-                    me.write(prepared, &mut k, &mut stop).await.then_some(k)
+            let due = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+            if !batch.is_empty() && (batch.len() >= max || due || stopping) && writing.len() < depth
+            {
+                let prepared = sink.prepare(std::mem::take(&mut batch));
+                deadline = None;
+                let (me, stop, known) = (Arc::clone(&sink), stop.clone(), Arc::clone(&known));
+                writing.push_back(tokio::spawn(async move {
+                    let mut stop = stop;
+                    me.write(prepared, &known, &mut stop).await
                 }));
+                continue;
             }
-            if *stop.borrow() {
+            if stopping && batch.is_empty() {
                 break;
             }
-        }
-        if let Some(last) = writing {
-            let _ = last.await;
-        }
-        lag.abort();
-        sink.health.set_consumer_alive(false);
-        tracing::info!("consumer stopped");
-        Ok(())
-    }
-
-    /// Up to `max` records, or fewer once `flush` has passed since the first one.
-    async fn collect(
-        &self,
-        max: usize,
-        flush: Duration,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Vec<OwnedMessage> {
-        let mut batch = Vec::new();
-        let mut deadline: Option<tokio::time::Instant> = None;
-        while batch.len() < max {
-            let wait = async {
+            let room = writing.len() < depth;
+            let oldest = async {
+                match writing.front_mut() {
+                    Some(handle) => handle.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let flush_due = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                message = self.consumer.recv() => match message {
+                biased;
+                done = oldest => {
+                    writing.pop_front();
+                    match done {
+                        Ok(Some(offsets)) => sink.commit(&offsets),
+                        // Stopped while the database was failing: commit nothing more.
+                        _ => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                _ = stop.changed(), if !stopping => stopping = true,
+                message = sink.consumer.recv(), if !stopping && batch.len() < max => match message {
                     Ok(m) => {
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + flush);
                         batch.push(m.detach());
@@ -142,11 +151,20 @@ impl Sink {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
-                _ = wait => break,
-                _ = stop.changed() => break,
+                _ = flush_due, if room => {}
             }
         }
-        batch
+        // In order: once one batch could not be written, later ones are not committed.
+        for pending in writing {
+            match pending.await {
+                Ok(Some(offsets)) if !failed => sink.commit(&offsets),
+                _ => failed = true,
+            }
+        }
+        lag.abort();
+        sink.health.set_consumer_alive(false);
+        tracing::info!("consumer stopped");
+        Ok(())
     }
 
     /// Decodes a batch: rows, poison records and the offsets to commit.
@@ -174,14 +192,14 @@ impl Sink {
         prepared
     }
 
-    /// Writes one batch (rows and DLQ records) and commits its offsets. Returns false when
-    /// stopped before the batch could be written (nothing committed).
+    /// Writes one batch (rows and DLQ records) and returns the offsets to commit once every
+    /// earlier batch is written too; None when stopped before the batch could be written.
     async fn write(
         &self,
         prepared: Prepared,
-        known: &mut HashSet<Month>,
+        known: &Mutex<HashSet<Month>>,
         stop: &mut watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Option<Offsets> {
         let Prepared {
             offsets,
             good,
@@ -190,20 +208,22 @@ impl Sink {
         } = prepared;
         // Rows whose month has no partition cannot be stored: they go to the DLQ as well.
         let needed: HashSet<Month> = good.iter().map(|(r, _)| Month::of(r.occurred_at)).collect();
-        if !needed.is_subset(known) {
-            let Some(existing) = self
+        let mut placeable = known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !needed.is_subset(&placeable) {
+            let existing = self
                 .retry(stop, "listing partitions", || {
                     partitions::existing(&self.pool)
                 })
-                .await
-            else {
-                return false;
-            };
-            known.extend(existing);
+                .await?;
+            placeable.extend(existing.iter().copied());
+            known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(existing);
         }
         let (stored, unplaced): (Vec<_>, Vec<_>) = good
             .into_iter()
-            .partition(|(r, _)| known.contains(&Month::of(r.occurred_at)));
+            .partition(|(r, _)| placeable.contains(&Month::of(r.occurred_at)));
         for (row, m) in unplaced {
             poison.push((
                 m,
@@ -227,14 +247,11 @@ impl Sink {
         let rows: Vec<Row> = stored.into_iter().map(|(r, _)| r).collect();
         if !rows.is_empty() {
             let started = Instant::now();
-            let Some(inserted) = self
+            let inserted = self
                 .retry(stop, "inserting a batch", || {
                     rows::insert(&self.pool, &rows)
                 })
-                .await
-            else {
-                return false;
-            };
+                .await?;
             self.metrics
                 .sink_insert_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -244,8 +261,7 @@ impl Sink {
                 .rows_duplicate
                 .inc_by(rows.len() as u64 - inserted);
         }
-        self.commit(&offsets);
-        true
+        Some(offsets)
     }
 
     /// Runs `step` until it succeeds, pausing fetching and backing off while it fails; None

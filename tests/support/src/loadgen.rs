@@ -173,3 +173,16 @@ pub async fn run_phase(
     tally.report(name, started.elapsed(), batch.unwrap_or(1));
     events
 }
+
+/// The value of a metric from the runtime's `/metrics` (NaN when absent).
+pub async fn metric(client: &mut HttpClient, name: &str) -> f64 {
+    let Ok(answer) = client.get("/v1/auditmanager/metrics").await else {
+        return f64::NAN;
+    };
+    String::from_utf8_lossy(&answer.body)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}

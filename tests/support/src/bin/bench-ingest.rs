@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use audit_testenv::http::HttpClient;
-use audit_testenv::loadgen::{event, run_phase};
+use audit_testenv::loadgen::{event, metric, run_phase};
 use audit_testenv::topics::create_topic;
 use audit_testenv::{AuditManager, Kafka};
 
@@ -53,18 +53,6 @@ fn options() -> Result<Options, String> {
         }
     }
     Ok(o)
-}
-
-async fn metric(client: &mut HttpClient, name: &str) -> f64 {
-    let Ok(answer) = client.get("/v1/auditmanager/metrics").await else {
-        return f64::NAN;
-    };
-    String::from_utf8_lossy(&answer.body)
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 async fn memory_and_drain(kafka: &Kafka, runtime: &AuditManager, queue: usize) {

@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use audit_testenv::loadgen::run_phase;
+use audit_testenv::http::HttpClient;
+use audit_testenv::loadgen::{metric, run_phase};
 use audit_testenv::topics::create_topic;
 use audit_testenv::{AuditManager, Kafka, Postgres};
 use sqlx::{Connection, PgConnection};
@@ -102,7 +103,11 @@ async fn unnest_insert(conn: &mut PgConnection, rows: u64) -> Result<f64, sqlx::
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Waits until the sink reports `want` more rows written than `before` (a cheap metric read,
+/// so polling does not compete with the sink for the database), then checks the table.
 async fn wait_rows(
+    client: &mut HttpClient,
+    before: f64,
     conn: &mut PgConnection,
     run: &str,
     want: i64,
@@ -110,12 +115,68 @@ async fn wait_rows(
 ) -> Option<Instant> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if count(conn, run).await >= want {
-            return Some(Instant::now());
+        if metric(client, "audit_sink_rows_written_total").await >= before + want as f64 {
+            let done = Instant::now();
+            return (count(conn, run).await >= want).then_some(done);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+/// CPU seconds used so far by every process named `comm` (all PostgreSQL backends, say).
+fn cpu_seconds(comm: &str) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    let mut total = 0u64;
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != comm {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after the comm.
+        total += fields
+            .get(11)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        total += fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total as f64 / ticks
+}
+
+/// Where CPU went between two samples.
+struct Cpu(f64, f64, f64);
+
+impl Cpu {
+    fn now() -> Cpu {
+        Cpu(
+            cpu_seconds("audit-manager"),
+            cpu_seconds("postgres"),
+            cpu_seconds("java"),
+        )
+    }
+
+    fn since(&self, elapsed: Duration) -> String {
+        let now = Cpu::now();
+        let s = elapsed.as_secs_f64();
+        format!(
+            "CPU cores busy: audit-manager {:.2}, postgres {:.2}, kafka {:.2}",
+            (now.0 - self.0) / s,
+            (now.1 - self.1) / s,
+            (now.2 - self.2) / s
+        )
+    }
 }
 
 async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), String> {
@@ -187,21 +248,89 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
         ),
         ("AUDIT_MANAGER__LOG__LEVEL", "warn".to_string()),
     ]);
+
+    // The sink alone: a backlog published by an ingest-only process, then drained by a
+    // consumer-only process.
+    let mut ingest_env = env.clone();
+    ingest_env.push(("AUDIT_MANAGER__COMPONENTS__CONSUMER", "false".to_string()));
+    let ingest =
+        AuditManager::start(&binary, &["serve"], &ingest_env).map_err(|e| e.to_string())?;
+    let backlog = run_phase(
+        "backlog",
+        &ingest.address(),
+        8,
+        seconds / 2,
+        None,
+        Some(500),
+    )
+    .await;
+    ingest.terminate();
+    ingest.wait_exit(Duration::from_secs(60));
+    let mut sink_env = env.clone();
+    sink_env.push(("AUDIT_MANAGER__COMPONENTS__INGEST", "false".to_string()));
+    let cpu = Cpu::now();
+    let started = Instant::now();
+    let sink = AuditManager::start(&binary, &["serve"], &sink_env).map_err(|e| e.to_string())?;
+    let mut client = HttpClient::connect(&sink.address())
+        .await
+        .map_err(|e| e.to_string())?;
+    let done = wait_rows(
+        &mut client,
+        0.0,
+        &mut conn,
+        "backlog",
+        backlog as i64,
+        Duration::from_secs(300),
+    )
+    .await
+    .ok_or("sink only: the backlog did not become rows within 300 s")?;
+    let took = done - started;
+    println!(
+        "{:<34} {:>10.0} rows/s  ({backlog} events already in Kafka; {:.0}% of the raw ceiling; {})",
+        "sink only: Kafka backlog → rows",
+        backlog as f64 / took.as_secs_f64(),
+        100.0 * backlog as f64 / took.as_secs_f64() / ceiling,
+        cpu.since(took)
+    );
+    let batches = metric(&mut client, "audit_sink_batch_size_count").await;
+    println!(
+        "{:<34} {batches:.0} batches, {:.0} rows each, {:.1} ms per insert on average",
+        "",
+        metric(&mut client, "audit_sink_batch_size_sum").await / batches,
+        1000.0 * metric(&mut client, "audit_sink_insert_seconds_sum").await / batches
+    );
+    drop(client);
+    drop(sink);
+
     let runtime = AuditManager::start(&binary, &["serve"], &env).map_err(|e| e.to_string())?;
     let address = runtime.address();
 
+    let mut client = HttpClient::connect(&address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let before = metric(&mut client, "audit_sink_rows_written_total").await;
+    let cpu = Cpu::now();
     let started = Instant::now();
     let sent = run_phase("e2e", &address, 8, seconds, None, Some(500)).await;
-    let done = wait_rows(&mut conn, "e2e", sent as i64, Duration::from_secs(300))
-        .await
-        .ok_or("end to end: not every event became a row within 300 s")?;
+    let done = wait_rows(
+        &mut client,
+        before,
+        &mut conn,
+        "e2e",
+        sent as i64,
+        Duration::from_secs(300),
+    )
+    .await
+    .ok_or("end to end: not every event became a row within 300 s")?;
     let e2e = sent as f64 / (done - started).as_secs_f64();
     println!(
         "{:<34} {e2e:>10.0} events/s  ({sent} events POSTed in batches of 500 until all are rows; {:.0}% of the raw ceiling)",
         "end to end: POST → rows committed",
         100.0 * e2e / ceiling
     );
+    println!("{:<34} {}", "", cpu.since(done - started));
 
+    let before = metric(&mut client, "audit_sink_rows_written_total").await;
     let sent = run_phase(
         &format!("ttv {rate}/s"),
         &address,
@@ -212,9 +341,16 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
     )
     .await;
     let run = format!("ttv-{rate}/s").replace(' ', "-");
-    wait_rows(&mut conn, &run, sent as i64, Duration::from_secs(120))
-        .await
-        .ok_or("time-to-visible: not every event became a row within 120 s")?;
+    wait_rows(
+        &mut client,
+        before,
+        &mut conn,
+        &run,
+        sent as i64,
+        Duration::from_secs(120),
+    )
+    .await
+    .ok_or("time-to-visible: not every event became a row within 120 s")?;
     let (p50, p99): (f64, f64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY v), percentile_cont(0.99) WITHIN GROUP (ORDER BY v)
            FROM (SELECT extract(epoch FROM ingested_at - (details->'context'->>'sent')::timestamptz) AS v
