@@ -78,9 +78,93 @@ pub fn to_row(event: &ValidEvent) -> Row {
     }
 }
 
-/// Inserts `rows` in one statement (`INSERT ... SELECT FROM unnest(...)`) and one transaction;
-/// rows already present (same source, id, occurred_at) are skipped. Returns rows inserted.
+const COPY: &str = "COPY audit_events (id, source, type, subject, occurred_at, actor_type, actor_id, \
+                    resource_type, resource_id, action, outcome, reason, trace_id, details) FROM STDIN";
+
+/// Stores `rows` in one transaction; rows already present (same source, id, occurred_at) are
+/// skipped. Returns the rows inserted.
+///
+/// The fast path is one `COPY` (about twice the rows per second of a multi-row INSERT here, see
+/// `make bench`); COPY cannot skip duplicates, so a batch that meets one (a replay after a
+/// crash or a rebalance) fails whole, leaves nothing behind, and is stored again by
+/// `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING`.
 pub async fn insert(pool: &PgPool, rows: &[Row]) -> Result<u64, DbError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    match copy(pool, rows).await {
+        Ok(n) => Ok(n),
+        Err(e) if is_unique_violation(&e) => insert_skipping_duplicates(pool, rows).await,
+        Err(e) => Err(e).context(|| format!("copying {} rows into audit_events", rows.len())),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
+}
+
+async fn copy(pool: &PgPool, rows: &[Row]) -> Result<u64, sqlx::Error> {
+    use sqlx::postgres::PgPoolCopyExt;
+    let mut text = String::with_capacity(rows.len() * 320);
+    for row in rows {
+        copy_line(&mut text, row);
+    }
+    let mut copy = pool.copy_in_raw(COPY).await?;
+    if let Err(e) = copy.send(text.as_bytes()).await {
+        let _ = copy.abort("sending the batch failed").await;
+        return Err(e);
+    }
+    copy.finish().await
+}
+
+/// One row in COPY text format.
+fn copy_line(out: &mut String, r: &Row) {
+    let details = r.details.as_ref().map(Value::to_string);
+    let occurred = r
+        .occurred_at
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let fields: [Option<&str>; 14] = [
+        Some(&r.id),
+        Some(&r.source),
+        Some(&r.r#type),
+        r.subject.as_deref(),
+        Some(&occurred),
+        Some(&r.actor_type),
+        Some(&r.actor_id),
+        r.resource_type.as_deref(),
+        r.resource_id.as_deref(),
+        Some(&r.action),
+        Some(&r.outcome),
+        r.reason.as_deref(),
+        r.trace_id.as_deref(),
+        details.as_deref(),
+    ];
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        match field {
+            None => out.push_str("\\N"),
+            Some(v) => {
+                for c in v.chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '\t' => out.push_str("\\t"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+    out.push('\n');
+}
+
+/// The multi-row INSERT that skips rows already stored.
+async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, DbError> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -194,6 +278,25 @@ mod tests {
         assert_eq!(row.subject, None);
         assert_eq!(row.trace_id, None);
         assert_eq!(row.reason, None);
+    }
+
+    #[test]
+    fn copy_text_escapes_separators_and_writes_null() {
+        let e = event(
+            json!({"actor": {"id": "a\tb"}, "action": "x\\y", "outcome": "success",
+                   "reason": "line1\nline2\r"}),
+            json!({}),
+        );
+        let mut line = String::new();
+        copy_line(&mut line, &to_row(&e));
+        let fields: Vec<&str> = line.trim_end_matches('\n').split('\t').collect();
+        assert_eq!(fields.len(), 14, "{line}");
+        assert_eq!(fields[6], "a\\tb");
+        assert_eq!(fields[9], "x\\\\y");
+        assert_eq!(fields[11], "line1\\nline2\\r");
+        assert_eq!(fields[3], "\\N", "no subject: NULL");
+        assert_eq!(fields[13], "\\N", "no details: NULL");
+        assert_eq!(fields[4], "2026-11-02T03:48:55Z");
     }
 
     #[test]
