@@ -66,7 +66,7 @@ async fn raw_copy(conn: &mut PgConnection, rows: u64) -> Result<f64, sqlx::Error
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
-/// The sink's statement shape: 500 rows per INSERT ... SELECT FROM unnest(...).
+/// The sink's fallback for batches with replayed rows: 500 rows per INSERT ... SELECT FROM unnest(...).
 async fn unnest_insert(conn: &mut PgConnection, rows: u64) -> Result<f64, sqlx::Error> {
     let now = chrono::Utc::now();
     let started = Instant::now();
@@ -228,7 +228,7 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
         .await
         .map_err(|e| format!("unnest insert: {e}"))?;
     println!(
-        "{:<34} {unnest:>10.0} rows/s  ({:.0}% of COPY; the sink's statement, 500 rows each)",
+        "{:<34} {unnest:>10.0} rows/s  ({:.0}% of COPY; the sink's path for batches with replayed rows, 500 rows each)",
         "INSERT ... SELECT FROM unnest",
         100.0 * unnest / ceiling
     );
