@@ -32,6 +32,9 @@ test: testenv lint ## every test, against the real components
 demo: testenv ## start the local environment and print how to reach it (DEMO_EXIT=1: check and exit)
 	$(CARGO) run --locked -p audit-testenv --bin testenv-up
 
+manifests: ## regenerate manifests/crd.yaml from the Rust types (a test checks it is current)
+	$(CARGO) run --locked -q -p audit-manager-crds --bin crdgen manifests/crd.yaml
+
 fmt: ## format the code
 	$(CARGO) fmt --all
 

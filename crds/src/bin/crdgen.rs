@@ -1,0 +1,22 @@
+//! Writes the AuditManager CRD to the path given (or prints it).
+
+fn main() -> std::process::ExitCode {
+    let yaml = match audit_manager_crds::crd_yaml() {
+        Ok(y) => y,
+        Err(e) => {
+            eprintln!("crdgen: serializing the CRD: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match std::env::args().nth(1) {
+        None => print!("{yaml}"),
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, yaml) {
+                eprintln!("crdgen: writing {path}: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+            eprintln!("crdgen: wrote {path}");
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
