@@ -88,29 +88,10 @@ pub async fn as_owner(
     database: &str,
     d: &crate::config::DatabaseConfig,
 ) -> anyhow::Result<()> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET ROLE {}",
-        db::ident(&roles.owner.0)
-    )))
-    .execute(&mut *conn)
-    .await
-    .with_context(|| {
-        format!(
-            "SET ROLE {} (the admin must be a member of it)",
-            roles.owner.0
-        )
-    })?;
-    db::MIGRATOR
-        .run(&mut *conn)
-        .await
-        .context("running migrations as the owner")?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(roles::grants_sql(database, roles)))
-        .execute(&mut *conn)
-        .await
-        .context("granting the writer and reader privileges")?;
-    let report = partitions::maintain(
+    let report = roles::migrate_as_owner(
         conn,
-        Utc::now(),
+        roles,
+        database,
         d.partition_retention_months,
         d.partition_pre_create_months,
     )

@@ -24,7 +24,7 @@ pub async fn ensure_roles(admin: &PgPool, roles: &Roles, comment: &str) -> Resul
     for (name, password) in [&roles.owner, &roles.writer, &roles.reader] {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(name)
+                .bind(name.clone())
                 .fetch_one(admin)
                 .await
                 .context(|| format!("checking role {name}"))?;
@@ -61,7 +61,7 @@ pub async fn ensure_database(
 ) -> Result<bool, DbError> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(database)
+            .bind(database.to_string())
             .fetch_one(admin)
             .await
             .context(|| format!("checking database {database}"))?;
@@ -120,4 +120,46 @@ pub fn grants_sql(database: &str, roles: &Roles) -> String {
          GRANT SELECT ON audit_events TO {reader};
          ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {reader};"
     )
+}
+
+/// On a connection to the audit database as a member of the owner role: `SET ROLE` owner, apply
+/// the migrations, grant the writer and reader privileges and create the partitions, so every
+/// object belongs to the owner and ingest works at once. Shared by `migrate --create-roles`
+/// and the operator.
+pub async fn migrate_as_owner(
+    conn: &mut sqlx::PgConnection,
+    roles: &Roles,
+    database: &str,
+    retention_months: u32,
+    pre_create_months: u32,
+) -> Result<super::partitions::Report, DbError> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET ROLE {}",
+        ident(&roles.owner.0)
+    )))
+    .execute(&mut *conn)
+    .await
+    .context(|| {
+        format!(
+            "SET ROLE {} (the admin must be a member of it)",
+            roles.owner.0
+        )
+    })?;
+    super::MIGRATOR.run(&mut *conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(grants_sql(database, roles)))
+        .execute(&mut *conn)
+        .await
+        .context(|| "granting the writer and reader privileges".into())?;
+    let report = super::partitions::maintain(
+        conn,
+        chrono::Utc::now(),
+        retention_months,
+        pre_create_months,
+    )
+    .await?;
+    sqlx::raw_sql("RESET ROLE")
+        .execute(&mut *conn)
+        .await
+        .context(|| "RESET ROLE".into())?;
+    Ok(report)
 }

@@ -1,0 +1,164 @@
+//! Step 2: the events and DLQ topics (create if missing, grow partitions, never shrink), and
+//! the consumer group's lag.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use audit_manager_crds::{KafkaSpec, TopicSpec};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::conditions::Problem;
+
+fn unreachable(kafka: &KafkaSpec, e: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        "KafkaUnreachable",
+        format!("cannot reach Kafka at {}: {e}", kafka.bootstrap_servers),
+    )
+}
+
+/// Partitions of `topic`, or None when it does not exist.
+fn partitions_of(
+    consumer: &BaseConsumer,
+    kafka: &KafkaSpec,
+    topic: &str,
+) -> Result<Option<i32>, Problem> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| unreachable(kafka, e))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32))
+}
+
+/// What the topics step did, for Events and the condition message.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub created: Vec<String>,
+    pub grown: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Creates missing topics and grows partitions up to the spec.
+pub async fn ensure(kafka: &KafkaSpec) -> Result<Report, Problem> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("socket.timeout.ms", "10000")
+        .create()
+        .map_err(|e| unreachable(kafka, e))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut report = Report::default();
+    for topic in [&kafka.events_topic, &kafka.dlq_topic] {
+        let (spec, name) = (kafka.clone(), topic.name.clone());
+        let existing = tokio::task::spawn_blocking(move || {
+            let probe: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &spec.bootstrap_servers)
+                .create()
+                .map_err(|e| unreachable(&spec, e))?;
+            partitions_of(&probe, &spec, &name)
+        })
+        .await
+        .map_err(|e| Problem::new("InternalError", e.to_string()))??;
+        match existing {
+            None => {
+                create(&admin, &options, topic).await?;
+                report.created.push(format!("{} ({} partitions)", topic.name, topic.partitions));
+            }
+            Some(n) if n < topic.partitions => {
+                let results = admin
+                    .create_partitions(&[NewPartitions::new(&topic.name, topic.partitions as usize)], &options)
+                    .await
+                    .map_err(|e| unreachable(kafka, e))?;
+                for r in results {
+                    r.map_err(|(name, code)| Problem::new("TopicProvisioningFailed", format!("growing {name} to {} partitions: {code}", topic.partitions)))?;
+                }
+                report.grown.push(format!("{} {n} → {}", topic.name, topic.partitions));
+            }
+            Some(n) if n > topic.partitions => report.warnings.push(format!(
+                "{} has {n} partitions, more than the {} in the spec: Kafka cannot remove partitions, so it stays at {n} (PartitionDecreaseNotSupported)",
+                topic.name, topic.partitions
+            )),
+            Some(_) => {}
+        }
+    }
+    Ok(report)
+}
+
+async fn create(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    topic: &TopicSpec,
+) -> Result<(), Problem> {
+    let retention = topic.retention_ms.to_string();
+    let compression = serde_json::to_value(topic.compression)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "producer".into());
+    let new = NewTopic::new(
+        &topic.name,
+        topic.partitions,
+        TopicReplication::Fixed(topic.replication_factor),
+    )
+    .set("retention.ms", &retention)
+    .set("compression.type", &compression);
+    let results = admin.create_topics(&[new], options).await.map_err(|e| {
+        Problem::new(
+            "KafkaUnreachable",
+            format!("creating topic {}: {e}", topic.name),
+        )
+    })?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Problem::new(
+                    "TopicProvisioningFailed",
+                    format!("creating topic {name}: {code}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lag of the consumer group on the events topic: per partition, high watermark minus the
+/// committed offset (the whole partition when nothing is committed yet).
+pub fn lag(kafka: &KafkaSpec) -> Result<BTreeMap<i32, i64>, Problem> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", &kafka.consumer_group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| unreachable(kafka, e))?;
+    let topic = &kafka.events_topic.name;
+    let Some(partitions) = partitions_of(&consumer, kafka, topic)? else {
+        return Ok(BTreeMap::new());
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(|e| unreachable(kafka, e))?;
+    let mut lags = BTreeMap::new();
+    for e in committed.elements_for_topic(topic) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+            .map_err(|e| unreachable(kafka, e))?;
+        let position = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        lags.insert(e.partition(), (high - position).max(0));
+    }
+    // The partition list holds references into the client: release it before the consumer.
+    drop(committed);
+    Ok(lags)
+}
