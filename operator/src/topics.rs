@@ -127,6 +127,14 @@ async fn create(
     Ok(())
 }
 
+fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::NotCoordinator | C::CoordinatorLoadInProgress | C::CoordinatorNotAvailable)
+    )
+}
+
 /// Lag of the consumer group on the events topic: per partition, high watermark minus the
 /// committed offset (the whole partition when nothing is committed yet).
 pub fn lag(kafka: &KafkaSpec) -> Result<BTreeMap<i32, i64>, Problem> {
@@ -144,9 +152,20 @@ pub fn lag(kafka: &KafkaSpec) -> Result<BTreeMap<i32, i64>, Problem> {
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .map_err(|e| unreachable(kafka, e))?;
+    // A group's coordinator may still be loading (NotCoordinator, CoordinatorLoadInProgress):
+    // ask again for a few seconds before calling Kafka unreachable.
+    let mut attempt = 0;
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => break c,
+            Err(e) if attempt < 10 && is_transient(&e) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(unreachable(kafka, e)),
+        }
+    };
+    drop(tpl);
     let mut lags = BTreeMap::new();
     for e in committed.elements_for_topic(topic) {
         let (low, high) = consumer

@@ -2,189 +2,21 @@
 //! No controller-manager runs here, so Deployment availability is simulated by patching its
 //! status, as the deployment controller would.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use audit_manager_crds::AuditManager;
-use audit_manager_operator::controller::{Ctx, reconcile};
-use audit_manager_operator::metrics::Metrics;
+use common::{Fixture, condition, create_admin_secret, owned_by, topic_partitions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions as kconditions};
-use kube::{Client, CustomResourceExt};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{Value, json};
-
-async fn install(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        AuditManager::crd_name(),
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&AuditManager::crd()),
-    )
-    .await
-    .expect("apply CRD");
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(
-            crds,
-            AuditManager::crd_name(),
-            kconditions::is_crd_established(),
-        ),
-    )
-    .await
-    .expect("established in time")
-    .expect("watch");
-}
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
-}
-
-struct Fixture {
-    client: Client,
-    ctx: Arc<Ctx>,
-    namespace: String,
-    name: String,
-}
-
-impl Fixture {
-    async fn new(with_admin_secret: bool, spec_extra: Value) -> Fixture {
-        let client = audit_testenv::kube().client().await;
-        install(&client).await;
-        let namespace = unique("ns");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("ns");
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-        if with_admin_secret {
-            create_admin_secret(&client, &namespace).await;
-        }
-        let pg = audit_testenv::postgres();
-        let kafka = audit_testenv::kafka();
-        let name = unique("audit");
-        let mut spec = json!({
-            "database": {"host": pg.host(), "port": pg.port(), "sslMode": "disable",
-                         "adminSecretRef": {"name": "pg-admin"}},
-            "kafka": {
-                "bootstrapServers": kafka.bootstrap(),
-                "eventsTopic": {"name": format!("{name}.events"), "partitions": 3},
-                "dlqTopic": {"name": format!("{name}.dlq"), "partitions": 1},
-                "consumerGroup": format!("{name}-group"),
-            },
-        });
-        if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), spec_extra) {
-            s.extend(extra);
-        }
-        let am: AuditManager = serde_json::from_value(json!({
-            "apiVersion": "audit.openg2p.org/v1alpha1", "kind": "AuditManager",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec,
-        }))
-        .expect("resource");
-        Api::<AuditManager>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &am)
-            .await
-            .expect("create AuditManager");
-        let ctx = Arc::new(Ctx::new(
-            client.clone(),
-            Arc::new(Metrics::default()),
-            "test".into(),
-        ));
-        Fixture {
-            client,
-            ctx,
-            namespace,
-            name,
-        }
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    async fn current(&self) -> AuditManager {
-        self.api::<AuditManager>()
-            .get(&self.name)
-            .await
-            .expect("get AuditManager")
-    }
-
-    /// One reconcile of the current object, as the controller runs it.
-    async fn reconcile(&self) -> AuditManager {
-        reconcile(Arc::new(self.current().await), Arc::clone(&self.ctx))
-            .await
-            .expect("reconcile");
-        self.current().await
-    }
-
-    fn app(&self) -> String {
-        format!("{}-audit-manager", self.name)
-    }
-
-    fn database(&self) -> String {
-        self.name.replace('-', "_")
-    }
-}
-
-async fn create_admin_secret(client: &Client, namespace: &str) {
-    let (user, password) = audit_testenv::postgres().superuser();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "pg-admin"},
-        "stringData": {"username": user, "password": password},
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create admin secret");
-}
-
-fn condition(am: &AuditManager, kind: &str) -> (String, String, String) {
-    am.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind))
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
-}
-
-fn topic_partitions(topic: &str) -> usize {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", audit_testenv::kafka().bootstrap())
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .unwrap_or(0)
-}
-
-fn owned_by(refs: Option<Vec<OwnerReference>>, uid: &str) -> bool {
-    refs.unwrap_or_default()
-        .iter()
-        .any(|r| r.uid == uid && r.controller == Some(true))
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisions_the_database_topics_and_children_and_keeps_them() {
@@ -388,7 +220,12 @@ async fn a_missing_admin_secret_is_reported_and_recovered() {
 async fn lag_is_measured_from_kafka_and_compared_with_the_threshold() {
     let f = Fixture::new(true, json!({"lagThreshold": 10})).await;
     let am = f.reconcile().await;
-    assert_eq!(condition(&am, "LagWithinThreshold").0, "True");
+    assert_eq!(
+        condition(&am, "LagWithinThreshold").0,
+        "True",
+        "{:?}",
+        condition(&am, "LagWithinThreshold")
+    );
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", audit_testenv::kafka().bootstrap())
         .create()
@@ -418,4 +255,42 @@ async fn lag_is_measured_from_kafka_and_compared_with_the_threshold() {
         .expect("lag measured");
     assert_eq!(lag.total, 25);
     assert_eq!(lag.partitions.values().sum::<i64>(), 25);
+
+    // The group consumes and commits everything: back within the threshold.
+    let group = format!("{}-group", f.name);
+    let bootstrap = audit_testenv::kafka().bootstrap();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let mut read = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while read < 25 {
+            assert!(std::time::Instant::now() < deadline, "read {read} of 25");
+            if let Some(m) = consumer.poll(Duration::from_millis(500)) {
+                m.expect("record");
+                read += 1;
+            }
+        }
+        consumer
+            .commit_consumer_state(CommitMode::Sync)
+            .expect("commit");
+    })
+    .await
+    .expect("consume");
+    let am = f.reconcile().await;
+    assert_eq!(condition(&am, "LagWithinThreshold").0, "True");
+    assert_eq!(
+        am.status
+            .as_ref()
+            .and_then(|s| s.consumer_lag.as_ref())
+            .map(|l| l.total),
+        Some(0)
+    );
 }

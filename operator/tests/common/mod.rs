@@ -1,0 +1,182 @@
+//! The fixture shared by the operator's integration tests: a namespace, an admin Secret and
+//! an AuditManager pointing at the test environment's PostgreSQL and Kafka.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_manager_crds::AuditManager;
+use audit_manager_operator::controller::{Ctx, reconcile};
+use audit_manager_operator::metrics::Metrics;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions as kconditions};
+use kube::{Client, CustomResourceExt};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::{Value, json};
+
+pub async fn install(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        AuditManager::crd_name(),
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&AuditManager::crd()),
+    )
+    .await
+    .expect("apply CRD");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(
+            crds,
+            AuditManager::crd_name(),
+            kconditions::is_crd_established(),
+        ),
+    )
+    .await
+    .expect("established in time")
+    .expect("watch");
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+pub struct Fixture {
+    pub client: Client,
+    pub ctx: Arc<Ctx>,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Fixture {
+    pub async fn new(with_admin_secret: bool, spec_extra: Value) -> Fixture {
+        let client = audit_testenv::kube().client().await;
+        install(&client).await;
+        let namespace = unique("ns");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("ns");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        if with_admin_secret {
+            create_admin_secret(&client, &namespace).await;
+        }
+        let pg = audit_testenv::postgres();
+        let kafka = audit_testenv::kafka();
+        let name = unique("audit");
+        let mut spec = json!({
+            "database": {"host": pg.host(), "port": pg.port(), "sslMode": "disable",
+                         "adminSecretRef": {"name": "pg-admin"}},
+            "kafka": {
+                "bootstrapServers": kafka.bootstrap(),
+                "eventsTopic": {"name": format!("{name}.events"), "partitions": 3},
+                "dlqTopic": {"name": format!("{name}.dlq"), "partitions": 1},
+                "consumerGroup": format!("{name}-group"),
+            },
+        });
+        if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), spec_extra) {
+            s.extend(extra);
+        }
+        let am: AuditManager = serde_json::from_value(json!({
+            "apiVersion": "audit.openg2p.org/v1alpha1", "kind": "AuditManager",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec,
+        }))
+        .expect("resource");
+        Api::<AuditManager>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &am)
+            .await
+            .expect("create AuditManager");
+        let ctx = Arc::new(Ctx::new(
+            client.clone(),
+            Arc::new(Metrics::default()),
+            "test".into(),
+        ));
+        Fixture {
+            client,
+            ctx,
+            namespace,
+            name,
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub async fn current(&self) -> AuditManager {
+        self.api::<AuditManager>()
+            .get(&self.name)
+            .await
+            .expect("get AuditManager")
+    }
+
+    /// One reconcile of the current object, as the controller runs it.
+    pub async fn reconcile(&self) -> AuditManager {
+        reconcile(Arc::new(self.current().await), Arc::clone(&self.ctx))
+            .await
+            .expect("reconcile");
+        self.current().await
+    }
+
+    pub fn app(&self) -> String {
+        format!("{}-audit-manager", self.name)
+    }
+
+    pub fn database(&self) -> String {
+        self.name.replace('-', "_")
+    }
+}
+
+pub async fn create_admin_secret(client: &Client, namespace: &str) {
+    let (user, password) = audit_testenv::postgres().superuser();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "pg-admin"},
+        "stringData": {"username": user, "password": password},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create admin secret");
+}
+
+pub fn condition(am: &AuditManager, kind: &str) -> (String, String, String) {
+    am.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+pub fn topic_partitions(topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", audit_testenv::kafka().bootstrap())
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0)
+}
+
+pub fn owned_by(refs: Option<Vec<OwnerReference>>, uid: &str) -> bool {
+    refs.unwrap_or_default()
+        .iter()
+        .any(|r| r.uid == uid && r.controller == Some(true))
+}
