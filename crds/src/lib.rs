@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "audit.openg2p.org";
 pub const FINALIZER: &str = "audit.openg2p.org/teardown";
+/// Annotation: finish deletion without touching the database and Kafka (they are gone).
+pub const SKIP_EXTERNAL_TEARDOWN: &str = "audit.openg2p.org/skip-external-teardown";
+/// Annotation: list in `status.teardownPreview` what deletion would remove.
+pub const TEARDOWN_PREVIEW: &str = "audit.openg2p.org/teardown-preview";
 
 /// An audit-event service: its database and roles, Kafka topics and the runtime workload.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -533,6 +537,14 @@ pub struct AuditManagerStatus {
     pub replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Topics this resource created (and so may delete); a topic that existed before is
+    /// never listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owned_topics: Vec<String>,
+    /// With the annotation `audit.openg2p.org/teardown-preview: "true"`: exactly what deleting
+    /// this resource would remove, and what it would leave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teardown_preview: Option<Vec<String>>,
 }
 
 /// Lag of the consumer group: high watermark minus committed offset, per partition.

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use audit_manager_crds::{AuditManager, AuditManagerStatus, ConsumerLag};
+use audit_manager_crds::{
+    AuditManager, AuditManagerStatus, ConsumerLag, FINALIZER, TEARDOWN_PREVIEW,
+};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -24,6 +26,7 @@ use serde::de::DeserializeOwned;
 use crate::builders::{self, Inputs, Names};
 use crate::conditions::{self, Problem};
 use crate::metrics::Metrics;
+use crate::teardown::{self, Progress};
 use crate::{database, topics};
 
 /// The one field manager of every server-side apply.
@@ -67,7 +70,13 @@ impl Ctx {
         }
     }
 
-    async fn event(&self, am: &AuditManager, kind: EventType, reason: &str, note: String) {
+    pub(crate) async fn event(
+        &self,
+        am: &AuditManager,
+        kind: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_: kind,
             reason: reason.into(),
@@ -131,11 +140,81 @@ pub async fn reconcile(am: Arc<AuditManager>, ctx: Arc<Ctx>) -> Result<Action, E
 }
 
 async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> {
-    if am.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let name = am.name_any();
     let namespace = am.namespace().unwrap_or_default();
+    let api: Api<AuditManager> = Api::namespaced(ctx.client.clone(), &namespace);
+    let has_finalizer = am.finalizers().iter().any(|f| f == FINALIZER);
+    if am.meta().deletion_timestamp.is_some() {
+        if !has_finalizer {
+            return Ok(Action::await_change());
+        }
+        return match teardown::run(am, ctx).await? {
+            Progress::Done => {
+                let rest: Vec<&String> =
+                    am.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+                let patch = serde_json::json!({"metadata": {"finalizers": rest, "resourceVersion": am.resource_version()}});
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    Ok(_) => {}
+                    // Gone already: nothing left to do.
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    // Changed meanwhile: look again.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        return Ok(Action::requeue(Duration::from_secs(1)));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(Action::await_change())
+            }
+            Progress::Waiting(p) => {
+                tracing::info!(%name, %namespace, reason = p.reason, message = %p.message, "teardown waiting");
+                let previous = am.status.clone().unwrap_or_default();
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
+                let mut conditions: Vec<_> = previous
+                    .conditions
+                    .iter()
+                    .filter(|c| c.type_ != "Terminating")
+                    .cloned()
+                    .collect();
+                let terminating = conditions::merge(
+                    &previous.conditions,
+                    vec![("Terminating", Err(p.clone()))],
+                    am.meta().generation,
+                    &now,
+                );
+                // Terminating is True while deletion waits: its reason says for what.
+                conditions.extend(terminating.into_iter().map(|mut c| {
+                    c.status = "True".into();
+                    c
+                }));
+                if conditions != previous.conditions {
+                    api.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"status": {"conditions": conditions}})),
+                    )
+                    .await?;
+                    ctx.event(
+                        am,
+                        EventType::Warning,
+                        p.reason,
+                        format!("deletion waits: {}", p.message),
+                    )
+                    .await;
+                }
+                Ok(Action::requeue(Duration::from_secs(5)))
+            }
+        };
+    }
+    if !has_finalizer {
+        let mut finalizers = am.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": am.resource_version()}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
     if am.spec.paused {
         tracing::info!(%name, %namespace, "paused: nothing reconciled");
         return Ok(Action::await_change());
@@ -194,8 +273,19 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
                 }
             }
         };
-        let topic_state = match topics::ensure(&am.spec.kafka).await {
+        let topic_state = match topics::ensure(&am.spec.kafka, &previous.owned_topics).await {
             Ok(report) => {
+                if !report.created_names.is_empty() {
+                    // Recorded at once: teardown deletes only topics listed here.
+                    let mut owned = previous.owned_topics.clone();
+                    owned.extend(report.created_names.iter().cloned());
+                    api.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"status": {"ownedTopics": owned}})),
+                    )
+                    .await?;
+                }
                 for t in &report.created {
                     ctx.event(
                         am,
@@ -310,9 +400,19 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
         }),
         replicas: workload.as_ref().ok().map(|w| w.1),
         ready_replicas: workload.as_ref().ok().map(|w| w.2),
+        owned_topics: api
+            .get_status(&name)
+            .await?
+            .status
+            .map(|s| s.owned_topics)
+            .unwrap_or_default(),
+        teardown_preview: am
+            .annotations()
+            .get(TEARDOWN_PREVIEW)
+            .is_some_and(|v| v == "true")
+            .then(|| teardown::preview(am)),
     };
     if status_changed(&previous, &status) {
-        let api: Api<AuditManager> = Api::namespaced(ctx.client.clone(), &namespace);
         api.patch_status(
             &name,
             &PatchParams::default(),

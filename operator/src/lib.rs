@@ -8,4 +8,5 @@ pub mod database;
 pub mod lease;
 pub mod metrics;
 pub mod probe;
+pub mod teardown;
 pub mod topics;

@@ -39,13 +39,16 @@ fn partitions_of(
 /// What the topics step did, for Events and the condition message.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Names of the topics this call created.
+    pub created_names: Vec<String>,
     pub created: Vec<String>,
     pub grown: Vec<String>,
     pub warnings: Vec<String>,
 }
 
-/// Creates missing topics and grows partitions up to the spec.
-pub async fn ensure(kafka: &KafkaSpec) -> Result<Report, Problem> {
+/// Creates missing topics and grows partitions up to the spec. A topic that exists but is not
+/// in `owned` (created by this resource) is reported as a conflict and left alone.
+pub async fn ensure(kafka: &KafkaSpec, owned: &[String]) -> Result<Report, Problem> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("socket.timeout.ms", "10000")
@@ -67,7 +70,18 @@ pub async fn ensure(kafka: &KafkaSpec) -> Result<Report, Problem> {
         match existing {
             None => {
                 create(&admin, &options, topic).await?;
+                report.created_names.push(topic.name.clone());
                 report.created.push(format!("{} ({} partitions)", topic.name, topic.partitions));
+            }
+            Some(_) if !owned.contains(&topic.name) => {
+                return Err(Problem::new(
+                    "TopicConflict",
+                    format!(
+                        "topic {} already existed and was not created by this AuditManager; it is left alone: set spec.kafka.{}.name to another name",
+                        topic.name,
+                        if topic.name == kafka.events_topic.name { "eventsTopic" } else { "dlqTopic" }
+                    ),
+                ));
             }
             Some(n) if n < topic.partitions => {
                 let results = admin
@@ -180,4 +194,50 @@ pub fn lag(kafka: &KafkaSpec) -> Result<BTreeMap<i32, i64>, Problem> {
     // The partition list holds references into the client: release it before the consumer.
     drop(committed);
     Ok(lags)
+}
+
+/// Deletes `names` (those that exist).
+pub async fn delete(kafka: &KafkaSpec, names: &[String]) -> Result<Vec<String>, Problem> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("socket.timeout.ms", "10000")
+        .create()
+        .map_err(|e| unreachable(kafka, e))?;
+    let mut existing = Vec::new();
+    for name in names {
+        let (spec, topic) = (kafka.clone(), name.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let probe: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &spec.bootstrap_servers)
+                .create()
+                .map_err(|e| unreachable(&spec, e))?;
+            partitions_of(&probe, &spec, &topic)
+        })
+        .await
+        .map_err(|e| Problem::new("InternalError", e.to_string()))??;
+        if found.is_some() {
+            existing.push(name.clone());
+        }
+    }
+    if existing.is_empty() {
+        return Ok(existing);
+    }
+    let refs: Vec<&str> = existing.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .delete_topics(&refs, &options)
+        .await
+        .map_err(|e| unreachable(kafka, e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => {
+                return Err(Problem::new(
+                    "TopicDeletionFailed",
+                    format!("deleting topic {name}: {code}"),
+                ));
+            }
+        }
+    }
+    Ok(existing)
 }

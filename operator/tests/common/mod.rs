@@ -52,6 +52,8 @@ pub struct Fixture {
     pub ctx: Arc<Ctx>,
     pub namespace: String,
     pub name: String,
+    /// The resource as first created, for creating it again.
+    pub resource: AuditManager,
 }
 
 impl Fixture {
@@ -104,6 +106,7 @@ impl Fixture {
             ctx,
             namespace,
             name,
+            resource: am,
         }
     }
 
@@ -127,6 +130,35 @@ impl Fixture {
             .await
             .expect("reconcile");
         self.current().await
+    }
+
+    /// Creates the resource again under the same name (after it was deleted).
+    pub async fn create_again(&self) {
+        let mut am = self.resource.clone();
+        am.metadata.resource_version = None;
+        am.metadata.uid = None;
+        self.api::<AuditManager>()
+            .create(&PostParams::default(), &am)
+            .await
+            .expect("create AuditManager again");
+    }
+
+    /// Deletes the resource and reconciles until the finalizer let it go; returns how many
+    /// reconciles that took.
+    pub async fn delete_and_reconcile_until_gone(&self) -> usize {
+        let api = self.api::<AuditManager>();
+        api.delete(&self.name, &Default::default())
+            .await
+            .expect("delete");
+        for round in 1..=30 {
+            let Some(current) = api.get_opt(&self.name).await.expect("get") else {
+                return round - 1;
+            };
+            reconcile(Arc::new(current), Arc::clone(&self.ctx))
+                .await
+                .expect("reconcile");
+        }
+        panic!("the resource was not gone after 30 reconciles");
     }
 
     pub fn app(&self) -> String {
