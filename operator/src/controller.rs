@@ -22,6 +22,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::builders::{self, Inputs, Names};
 use crate::conditions::{self, Problem};
@@ -53,6 +54,8 @@ pub struct Ctx {
     applied: Mutex<HashMap<String, (String, String)>>,
     /// Per resource UID: the generation whose database and topics steps succeeded.
     provisioned: Mutex<HashMap<String, (i64, String)>>,
+    /// The port the runtime pods serve on (the Deployment's container port).
+    pub runtime_port: u16,
 }
 
 impl Ctx {
@@ -67,6 +70,7 @@ impl Ctx {
             metrics,
             applied: Mutex::default(),
             provisioned: Mutex::default(),
+            runtime_port: builders::PORT as u16,
         }
     }
 
@@ -129,10 +133,9 @@ fn error_policy(am: Arc<AuditManager>, error: &Error, ctx: Arc<Ctx>) -> Action {
 pub async fn reconcile(am: Arc<AuditManager>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
+    // Every log line of this reconcile carries the resource's name and namespace.
     let span = tracing::info_span!("reconcile", name = %am.name_any(), namespace = am.namespace().unwrap_or_default());
-    let _guard = span.enter();
-    drop(_guard);
-    let result = reconcile_inner(&am, &ctx).await;
+    let result = reconcile_inner(&am, &ctx).instrument(span).await;
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
@@ -671,7 +674,7 @@ async fn health(ctx: &Ctx, am: &AuditManager) -> Result<String, Problem> {
     let mut problems = Vec::new();
     for ip in &ready {
         match crate::probe::get(
-            &format!("{ip}:{}", builders::PORT),
+            &format!("{ip}:{}", ctx.runtime_port),
             "/v1/auditmanager/health",
         )
         .await

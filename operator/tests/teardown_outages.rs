@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use audit_manager_crds::{AuditManager, SKIP_EXTERNAL_TEARDOWN};
@@ -208,7 +207,7 @@ async fn deletion_while_the_runtime_writes_does_not_hang() {
         ("DB_PASSWORD", password),
         ("AUDIT_MANAGER__DATABASE__SSLMODE", "disable".into()),
     ];
-    let binary = runtime_binary();
+    let binary = common::runtime_binary();
     let runtime = audit_testenv::AuditManager::start(&binary, &["serve"], &env)
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     let address = runtime.address();
@@ -245,30 +244,4 @@ async fn deletion_while_the_runtime_writes_does_not_hang() {
 
 fn chrono_now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
-}
-
-/// The `audit-manager` binary of this workspace, built (or confirmed fresh) by cargo next to
-/// this test executable.
-fn runtime_binary() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--locked",
-            "-p",
-            "audit-manager",
-            "--bin",
-            "audit-manager",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building the runtime binary failed");
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/audit-manager
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let binary = profile_dir.join("audit-manager");
-    assert!(binary.exists(), "{} was not built", binary.display());
-    binary
 }

@@ -212,3 +212,32 @@ pub fn owned_by(refs: Option<Vec<OwnerReference>>, uid: &str) -> bool {
         .iter()
         .any(|r| r.uid == uid && r.controller == Some(true))
 }
+
+/// The `audit-manager` binary of this workspace, built (or confirmed fresh) by cargo next to
+/// this test executable.
+pub fn runtime_binary() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "-p",
+            "audit-manager",
+            "--bin",
+            "audit-manager",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building the runtime binary failed");
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/audit-manager
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
+    let binary = profile_dir.join("audit-manager");
+    assert!(binary.exists(), "{} was not built", binary.display());
+    binary
+}
