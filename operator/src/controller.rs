@@ -229,6 +229,9 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
 
     // 1 + 2: database and topics, redone when the spec or a credential changed.
     let admin = database::admin_login(&ctx.client, am).await;
+    if admin.is_ok() {
+        database::hold_admin_secret(&ctx.client, am).await?;
+    }
     let creds = database::credentials(&ctx.client, am, &names, &database_name).await;
     let fingerprint = match (&admin, &creds) {
         (Ok(a), Ok(c)) => {

@@ -286,3 +286,51 @@ async fn ensure_here(
     let _ = conn.close().await;
     Ok(created)
 }
+
+/// The finalizer this resource puts on the admin Secret it uses: deleting the namespace
+/// deletes that Secret too, and teardown still needs it to drop the database.
+pub fn admin_secret_finalizer(am: &AuditManager) -> String {
+    format!("audit.openg2p.org/used-by-{}", am.uid().unwrap_or_default())
+}
+
+/// Keeps the admin Secret until this resource's teardown is done.
+pub async fn hold_admin_secret(client: &Client, am: &AuditManager) -> Result<(), kube::Error> {
+    set_admin_secret_finalizer(client, am, true).await
+}
+
+/// Lets the admin Secret go (end of teardown).
+pub async fn release_admin_secret(client: &Client, am: &AuditManager) -> Result<(), kube::Error> {
+    set_admin_secret_finalizer(client, am, false).await
+}
+
+async fn set_admin_secret_finalizer(
+    client: &Client,
+    am: &AuditManager,
+    hold: bool,
+) -> Result<(), kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &am.namespace().unwrap_or_default());
+    let name = &am.spec.database.admin_secret_ref.name;
+    let ours = admin_secret_finalizer(am);
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Ok(());
+    };
+    let mut finalizers = secret.metadata.finalizers.clone().unwrap_or_default();
+    let has = finalizers.contains(&ours);
+    if has == hold {
+        return Ok(());
+    }
+    if hold {
+        finalizers.push(ours);
+    } else {
+        finalizers.retain(|f| *f != ours);
+    }
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": secret.metadata.resource_version}});
+    secrets
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await?;
+    Ok(())
+}

@@ -110,7 +110,8 @@ pub async fn run(am: &AuditManager, ctx: &Ctx) -> Result<Progress, kube::Error> 
             return Ok(Progress::Waiting(p));
         }
     }
-    // 4. The generated Secrets.
+    // 4. The generated Secrets, and the hold on the admin Secret.
+    database::release_admin_secret(&ctx.client, am).await?;
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &am.namespace().unwrap_or_default());
     for secret in [

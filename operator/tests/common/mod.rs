@@ -58,7 +58,16 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(with_admin_secret: bool, spec_extra: Value) -> Fixture {
-        let client = audit_testenv::kube().client().await;
+        Fixture::new_on(audit_testenv::kube(), with_admin_secret, spec_extra).await
+    }
+
+    /// The same on a given control plane (e.g. one with kube-controller-manager).
+    pub async fn new_on(
+        kube: &audit_testenv::Kube,
+        with_admin_secret: bool,
+        spec_extra: Value,
+    ) -> Fixture {
+        let client = kube.client().await;
         install(&client).await;
         let namespace = unique("ns");
         let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -22,6 +22,7 @@ pub struct Kube {
     etcd_version: String,
     apiserver: Server,
     etcd: Server,
+    controller_manager: std::sync::Mutex<Option<Server>>,
 }
 
 impl Kube {
@@ -125,7 +126,77 @@ impl Kube {
             etcd_version,
             apiserver,
             etcd,
+            controller_manager: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Starts kube-controller-manager (built with kube-apiserver) against this API server, so
+    /// Deployments, ReplicaSets, Jobs, CronJobs, EndpointSlices, namespace deletion and
+    /// garbage collection work for real; returns once its controllers act (the `default`
+    /// ServiceAccount appears).
+    pub fn start_controller_manager(&self) -> Result<(), Error> {
+        let mut guard = self
+            .controller_manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            return Ok(());
+        }
+        let bin = require_file(
+            "kube-controller-manager",
+            self.bin_dir.join("kube-controller-manager"),
+        )?;
+        let pki = self.dir.join("pki");
+        let port = process::free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                self.kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                self.kubeconfig.display()
+            ))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pki.join("sa.key").display()
+            ))
+            .arg(format!("--root-ca-file={}", pki.join("ca.crt").display()))
+            .arg(format!(
+                "--cert-dir={}",
+                self.dir.join("kcm-certs").display()
+            ))
+            .arg(format!("--secure-port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--leader-elect=false",
+                "--controllers=*",
+            ])
+            .arg("--use-service-account-credentials=false")
+            .arg("--concurrent-gc-syncs=5")
+            .arg("--v=1");
+        let server = Server::spawn(
+            "kube-controller-manager",
+            cmd,
+            &self.dir.join("kube-controller-manager.log"),
+            libc::SIGTERM,
+        )?;
+        let kubectl = self.bin_dir.join("kubectl");
+        let kubeconfig = self.kubeconfig.clone();
+        server.wait_until(Duration::from_secs(120), "running controllers", || {
+            Command::new(&kubectl)
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .args(["get", "serviceaccount", "default", "-n", "default"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })?;
+        announce(&format!(
+            "kube-controller-manager running (secure port {port})"
+        ));
+        *guard = Some(server);
+        Ok(())
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -178,6 +249,14 @@ impl Kube {
 
 impl Drop for Kube {
     fn drop(&mut self) {
+        if let Some(kcm) = self
+            .controller_manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            kcm.stop(Duration::from_secs(10));
+        }
         self.apiserver.stop(Duration::from_secs(10));
         self.etcd.stop(Duration::from_secs(10));
     }

@@ -67,6 +67,18 @@ pub fn kafka() -> &'static Kafka {
     shared(&SHARED, Kafka::start)
 }
 
+/// The shared Kubernetes API server of this test binary, with kube-controller-manager running
+/// against it (Deployments, Jobs, namespace deletion and garbage collection work). A test
+/// binary uses either this or [`kube`], not both.
+pub fn kube_with_controllers() -> &'static Kube {
+    static SHARED: OnceLock<Kube> = OnceLock::new();
+    shared(&SHARED, || {
+        let kube = Kube::start()?;
+        kube.start_controller_manager()?;
+        Ok(kube)
+    })
+}
+
 /// The shared Kubernetes API server of this test binary.
 pub fn kube() -> &'static Kube {
     static SHARED: OnceLock<Kube> = OnceLock::new();
