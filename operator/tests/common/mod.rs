@@ -225,28 +225,26 @@ pub fn owned_by(refs: Option<Vec<OwnerReference>>, uid: &str) -> bool {
 /// The `audit-manager` binary of this workspace, built (or confirmed fresh) by cargo next to
 /// this test executable.
 pub fn runtime_binary() -> std::path::PathBuf {
+    workspace_binary("audit-manager", "audit-manager")
+}
+
+/// A binary of this workspace, built (or confirmed fresh) by cargo next to this test
+/// executable.
+pub fn workspace_binary(package: &str, bin: &str) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--locked",
-            "-p",
-            "audit-manager",
-            "--bin",
-            "audit-manager",
-        ])
+        .args(["build", "--quiet", "--locked", "-p", package, "--bin", bin])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("running cargo build");
-    assert!(status.success(), "building the runtime binary failed");
+    assert!(status.success(), "building {bin} failed");
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/audit-manager
+    // target/<profile>/deps/<test> -> target/<profile>/<bin>
     let profile_dir = exe
         .parent()
         .and_then(std::path::Path::parent)
         .expect("target dir");
-    let binary = profile_dir.join("audit-manager");
+    let binary = profile_dir.join(bin);
     assert!(binary.exists(), "{} was not built", binary.display());
     binary
 }
