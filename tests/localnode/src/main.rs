@@ -83,9 +83,12 @@ async fn main() -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::all(node.client.clone());
     let mut events = watcher(pods, watcher::Config::default()).boxed();
     tracing::info!(node = node.args.node_name, "local node ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             event = events.next() => match event {
                 Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
                     if let Err(e) = node.handle(&pod).await {
@@ -101,9 +104,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Stop everything this node started.
     let keys: Vec<String> = node.pods.lock().await.keys().cloned().collect();
-    for k in keys {
-        node.stop(&k, 10).await;
-    }
+    futures::future::join_all(keys.iter().map(|k| node.stop(k, 10))).await;
     Ok(())
 }
 
@@ -247,11 +248,13 @@ impl LocalNode {
                 "message": format!("the local node only runs the audit-manager runtime image (…{}); {image} cannot run here", self.args.image_suffix)})).await?;
             return Ok(());
         }
-        let ip = {
-            let mut next = self.next_ip.lock().await;
-            *next = next.wrapping_add(1).max(10);
-            format!("127.0.0.{}", *next)
-        };
+        let port = container
+            .ports
+            .as_ref()
+            .and_then(|p| p.first())
+            .map(|p| p.container_port)
+            .unwrap_or(8000);
+        let ip = self.free_ip(port as u16).await?;
         let child = self.spawn(pod, &container, &ip).await?;
         self.pods.lock().await.insert(
             k,
@@ -266,6 +269,20 @@ impl LocalNode {
         self.set_status(pod, running_status(&ip, &container.name, false, 0))
             .await?;
         Ok(())
+    }
+
+    /// The next loopback address (127.0.0.10 and up) on which the container's port is free,
+    /// so leftovers of another run cannot take a pod's address.
+    async fn free_ip(&self, port: u16) -> anyhow::Result<String> {
+        let mut next = self.next_ip.lock().await;
+        for _ in 0..240 {
+            *next = if *next >= 250 { 10 } else { *next + 1 };
+            let ip = format!("127.0.0.{}", *next);
+            if std::net::TcpListener::bind((ip.as_str(), port)).is_ok() {
+                return Ok(ip);
+            }
+        }
+        anyhow::bail!("no loopback address with port {port} free in 127.0.0.10-250")
     }
 
     async fn spawn(
@@ -335,6 +352,16 @@ impl LocalNode {
             .append(true)
             .open(dir.join("container.log"))?;
         let mut command = tokio::process::Command::new(&self.args.runtime_binary);
+        // The containers die with the node, even when it is killed.
+        // SAFETY: only an async-signal-safe call between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         command
             .args(&args)
             .env_clear()

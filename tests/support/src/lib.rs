@@ -55,6 +55,31 @@ impl Error {
     }
 }
 
+/// A long-running helper process (the local node, the operator in `make demo`): it dies with
+/// this process and is stopped at exit like the components.
+pub struct Process(process::Server);
+
+impl Process {
+    /// Starts `command` with its output appended to `log`; SIGTERM stops it.
+    pub fn spawn(name: &str, command: std::process::Command, log: &Path) -> Result<Process, Error> {
+        process::Server::spawn(name, command, log, libc::SIGTERM).map(Process)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.0.is_running()
+    }
+
+    /// SIGTERM, SIGKILL after 15 s.
+    pub fn stop(&self) {
+        self.0.stop(std::time::Duration::from_secs(15));
+    }
+}
+
+/// A scratch folder removed at exit (kept with `AUDIT_TESTENV_KEEP`).
+pub fn scratch(component: &str) -> Result<PathBuf, Error> {
+    scratch_dir(component)
+}
+
 /// The shared PostgreSQL server of this test binary.
 pub fn postgres() -> &'static Postgres {
     static SHARED: OnceLock<Postgres> = OnceLock::new();

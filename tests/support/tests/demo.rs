@@ -1,0 +1,63 @@
+//! `make demo DEMO_EXIT=1` as a test: the whole flow must succeed, and leave nothing running.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn build_and_locate(bin: &str, package: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--locked", "-p", package, "--bin", bin])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building {bin} failed");
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(bin)
+}
+
+fn runtime_processes() -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", "audit-manager serve"])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn make_demo_runs_every_step_and_leaves_nothing_running() {
+    for (bin, package) in [
+        ("audit-manager", "audit-manager"),
+        ("audit-manager-operator", "audit-manager-operator"),
+        ("audit-localnode", "audit-localnode"),
+    ] {
+        build_and_locate(bin, package);
+    }
+    let demo = build_and_locate("demo", "audit-testenv");
+    let before = runtime_processes();
+    let out = Command::new(demo)
+        .env("DEMO_EXIT", "1")
+        .output()
+        .expect("running the demo");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the demo failed:\n{text}");
+    for line in [
+        "ok: Ready",
+        "every accepted event is a row",
+        "ok: lag 0",
+        "Ready=True",
+        "every step succeeded",
+    ] {
+        assert!(text.contains(line), "demo output lacks `{line}`:\n{text}");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        runtime_processes(),
+        before,
+        "the demo left runtime processes running"
+    );
+}
