@@ -16,12 +16,21 @@ fn build_and_locate(bin: &str, package: &str) -> PathBuf {
     dir.join(bin)
 }
 
+/// Processes whose command line is `.../audit-manager serve` (read from /proc: procps may be
+/// missing on a fresh machine).
 fn runtime_processes() -> usize {
-    let out = Command::new("pgrep")
-        .args(["-f", "audit-manager serve"])
-        .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"/audit-manager"))
+                && args.get(1).is_some_and(|a| *a == b"serve")
+        })
+        .count()
 }
 
 #[test]
