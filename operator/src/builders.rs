@@ -319,6 +319,17 @@ pub fn virtual_service(am: &AuditManager, names: &Names) -> DynamicObject {
     }))
 }
 
+/// Istio's VirtualService kind (not in k8s-openapi).
+pub fn virtual_service_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1".into(),
+        api_version: "networking.istio.io/v1".into(),
+        kind: "VirtualService".into(),
+        plural: "virtualservices".into(),
+    }
+}
+
 /// The in-cluster endpoint emitters POST to.
 pub fn endpoint(am: &AuditManager, names: &Names) -> String {
     match (&am.spec.istio.enabled, &am.spec.istio.hostname) {

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -233,10 +233,14 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
         database::hold_admin_secret(&ctx.client, am).await?;
     }
     let creds = database::credentials(&ctx.client, am, &names, &database_name).await;
-    let fingerprint = match (&admin, &creds) {
-        (Ok(a), Ok(c)) => {
-            builders::hash(format!("{a:?}{:?}", (&c.owner, &c.writer, &c.reader)).as_bytes())
-        }
+    // The role credentials, hashed: in the pod template (a change rolls the pods) and, with
+    // the admin login, in the fingerprint that decides whether provisioning is redone.
+    let secret_hash = creds
+        .as_ref()
+        .map(|c| builders::hash(format!("{:?}", (&c.owner, &c.writer, &c.reader)).as_bytes()))
+        .unwrap_or_default();
+    let fingerprint = match &admin {
+        Ok(a) if creds.is_ok() => builders::hash(format!("{a:?}{secret_hash}").as_bytes()),
         _ => String::new(),
     };
     let done = ctx
@@ -246,6 +250,7 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
         .get(&uid)
         .is_some_and(|(g, f)| *g == generation && *f == fingerprint && !f.is_empty());
     let previous = am.status.clone().unwrap_or_default();
+    let mut owned_topics = previous.owned_topics.clone();
     let provisioned_before = ["DatabaseReady", "TopicsReady"].iter().all(|kind| {
         previous
             .conditions
@@ -283,12 +288,11 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
             Ok(report) => {
                 if !report.created_names.is_empty() {
                     // Recorded at once: teardown deletes only topics listed here.
-                    let mut owned = previous.owned_topics.clone();
-                    owned.extend(report.created_names.iter().cloned());
+                    owned_topics.extend(report.created_names.iter().cloned());
                     api.patch_status(
                         &name,
                         &PatchParams::default(),
-                        &Patch::Merge(serde_json::json!({"status": {"ownedTopics": owned}})),
+                        &Patch::Merge(serde_json::json!({"status": {"ownedTopics": owned_topics}})),
                     )
                     .await?;
                 }
@@ -340,7 +344,7 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
 
     // 3: the children (rendered even while the database is not ready, so pods can start
     // serving ingest: readiness does not depend on PostgreSQL).
-    let istio = apply_children(am, ctx, &names, creds.as_ref().ok()).await?;
+    let istio = apply_children(am, ctx, &names, secret_hash).await?;
 
     // 4 + 5: observed state.
     let workload = workload(ctx, am, &names).await;
@@ -406,12 +410,7 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
         }),
         replicas: workload.as_ref().ok().map(|w| w.1),
         ready_replicas: workload.as_ref().ok().map(|w| w.2),
-        owned_topics: api
-            .get_status(&name)
-            .await?
-            .status
-            .map(|s| s.owned_topics)
-            .unwrap_or_default(),
+        owned_topics,
         teardown_preview: am
             .annotations()
             .get(TEARDOWN_PREVIEW)
@@ -446,15 +445,12 @@ async fn apply_children(
     am: &AuditManager,
     ctx: &Ctx,
     names: &Names,
-    creds: Option<&audit_manager::db::roles::Roles>,
+    secret_hash: String,
 ) -> Result<Result<(), Problem>, Error> {
     let namespace = am.namespace().unwrap_or_default();
     let client = &ctx.client;
     let config_map = builders::config_map(am, names);
     let config_hash = builders::hash(serde_json::to_string(&config_map.data)?.as_bytes());
-    let secret_hash = creds
-        .map(|c| builders::hash(format!("{:?}", (&c.owner, &c.writer, &c.reader)).as_bytes()))
-        .unwrap_or_default();
     let inputs = Inputs {
         am,
         config_hash,
@@ -514,13 +510,7 @@ async fn apply_children(
             Ok(())
         });
     }
-    let resource = ApiResource {
-        group: "networking.istio.io".into(),
-        version: "v1".into(),
-        api_version: "networking.istio.io/v1".into(),
-        kind: "VirtualService".into(),
-        plural: "virtualservices".into(),
-    };
+    let resource = builders::virtual_service_resource();
     let services: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
     if am.spec.istio.enabled {
         let key = format!("VirtualService/{namespace}/{}", names.app);

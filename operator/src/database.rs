@@ -142,14 +142,15 @@ fn unreachable(am: &AuditManager, e: impl std::fmt::Display) -> Problem {
     )
 }
 
-async fn connect(
+/// Connection options for `user` to `database` on the spec's server.
+fn options(
     am: &AuditManager,
     database: &str,
     user: &str,
     password: &str,
-) -> Result<PgConnection, Problem> {
+) -> sqlx::postgres::PgConnectOptions {
     let d = &am.spec.database;
-    let options = sqlx::postgres::PgConnectOptions::new()
+    sqlx::postgres::PgConnectOptions::new()
         .host(&d.host)
         .port(u16::try_from(d.port).unwrap_or(5432))
         .database(database)
@@ -161,7 +162,26 @@ async fn connect(
                 .parse()
                 .unwrap_or(sqlx::postgres::PgSslMode::Prefer),
         )
-        .application_name("audit-manager-operator");
+        .application_name("audit-manager-operator")
+}
+
+/// One admin connection to the `postgres` database, for creating and dropping databases and
+/// roles.
+pub async fn admin_pool(am: &AuditManager, admin: (&str, &str)) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options(am, "postgres", admin.0, admin.1))
+        .await
+}
+
+async fn connect(
+    am: &AuditManager,
+    database: &str,
+    user: &str,
+    password: &str,
+) -> Result<PgConnection, Problem> {
+    let options = options(am, database, user, password);
     tokio::time::timeout(
         Duration::from_secs(10),
         PgConnection::connect_with(&options),
@@ -219,23 +239,7 @@ async fn ensure_here(
     database: &str,
 ) -> Result<bool, Problem> {
     let mark = marker(am);
-    let d = &am.spec.database;
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host(&d.host)
-        .port(u16::try_from(d.port).unwrap_or(5432))
-        .database("postgres")
-        .username(admin.0)
-        .password(admin.1)
-        .ssl_mode(
-            d.ssl_mode
-                .as_str()
-                .parse()
-                .unwrap_or(sqlx::postgres::PgSslMode::Prefer),
-        );
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
+    let pool = admin_pool(am, admin)
         .await
         .map_err(|e| unreachable(am, e))?;
     for (name, _) in [&roles.owner, &roles.writer, &roles.reader] {

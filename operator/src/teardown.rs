@@ -2,8 +2,6 @@
 //! the topics, then the generated Secrets; only what this resource created, each step
 //! idempotent, reported as an Event and in a `Terminating` condition while it waits.
 
-use std::time::Duration;
-
 use audit_manager::db::ident;
 use audit_manager_crds::{AuditManager, DeletionPolicy, SKIP_EXTERNAL_TEARDOWN};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -11,13 +9,12 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use sqlx::postgres::PgPoolOptions;
 
-use crate::builders::{Names, role};
+use crate::builders::{self, Names, role};
 use crate::conditions::Problem;
 use crate::controller::Ctx;
 use crate::database;
@@ -244,13 +241,7 @@ async fn delete_children(
         .await?,
         format!("ConfigMap {}", names.config),
     );
-    let resource = ApiResource {
-        group: "networking.istio.io".into(),
-        version: "v1".into(),
-        api_version: "networking.istio.io/v1".into(),
-        kind: "VirtualService".into(),
-        plural: "virtualservices".into(),
-    };
+    let resource = builders::virtual_service_resource();
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(c.clone());
     if crds
         .get_opt("virtualservices.networking.istio.io")
@@ -349,32 +340,15 @@ async fn drop_marked(
 ) -> Result<Dropped, Problem> {
     let mark = database::marker(am);
     let d = &am.spec.database;
-    let options = sqlx::postgres::PgConnectOptions::new()
-        .host(&d.host)
-        .port(u16::try_from(d.port).unwrap_or(5432))
-        .database("postgres")
-        .username(admin.0)
-        .password(admin.1)
-        .ssl_mode(
-            d.ssl_mode
-                .as_str()
-                .parse()
-                .unwrap_or(sqlx::postgres::PgSslMode::Prefer),
-        );
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .map_err(|e| {
-            Problem::new(
-                "DatabaseUnreachable",
-                format!(
-                    "cannot connect to PostgreSQL at {}:{} to drop the database: {e}",
-                    d.host, d.port
-                ),
-            )
-        })?;
+    let pool = database::admin_pool(am, admin).await.map_err(|e| {
+        Problem::new(
+            "DatabaseUnreachable",
+            format!(
+                "cannot connect to PostgreSQL at {}:{} to drop the database: {e}",
+                d.host, d.port
+            ),
+        )
+    })?;
     let fail = |what: String, e: sqlx::Error| {
         Problem::new("DatabaseTeardownFailed", format!("{what}: {e}"))
     };
