@@ -139,6 +139,11 @@ impl Default for KafkaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProducerConfig {
+    /// How long librdkafka gathers a partition's events before sending them. librdkafka sends
+    /// one produce request per partition, so this sets the broker's work per event: 20 ms
+    /// (rather than librdkafka's 5) roughly halves the broker's and the producer's CPU per
+    /// event at tens of thousands of events/s (`make bench`), and an event is in Kafka at most
+    /// 20 ms later (seen in `ack_mode: kafka` answers).
     pub linger_ms: u64,
     /// none, gzip, snappy, lz4 or zstd.
     pub compression: String,
@@ -149,7 +154,7 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
-            linger_ms: 5,
+            linger_ms: 20,
             compression: "lz4".into(),
             batch_max_records: 1000,
         }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::health::{Check, Health};
 use crate::ingest::http::{AppState, router};
 use crate::ingest::queue::IngestQueue;
-use crate::kafka::producer::{Publisher, build_producer};
+use crate::kafka::producer::{IngestProducer, Publisher, build_ingest_producer, build_producer};
 use crate::metrics::Metrics;
 use crate::sink::{Sink, build_consumer};
 
@@ -26,13 +26,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut publisher = None;
     if config.components.ingest {
-        let producer = build_producer(&config.kafka).context("creating the Kafka producer")?;
+        let (producer, retries) = build_ingest_producer(&config.kafka, Arc::clone(&metrics))
+            .context("creating the Kafka producer")?;
         tokio::spawn(watch_kafka(producer.clone(), Arc::clone(&health)));
         let task = Publisher {
             producer,
+            retries,
             topic: config.kafka.topic.clone(),
             batch_max_records: config.kafka.producer.batch_max_records,
-            metrics: Arc::clone(&metrics),
         };
         health.set_publisher_alive(true);
         let health = Arc::clone(&health);
@@ -148,7 +149,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Keeps `Health::kafka_connected` current by asking a broker for metadata.
-async fn watch_kafka(producer: FutureProducer, health: Arc<Health>) {
+async fn watch_kafka(producer: IngestProducer, health: Arc<Health>) {
     loop {
         let p = producer.clone();
         let ok = tokio::task::spawn_blocking(move || {

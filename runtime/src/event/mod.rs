@@ -56,6 +56,8 @@ pub struct ValidEvent {
     /// The whole CloudEvent as accepted (extension attributes and extra keys kept).
     pub attributes: Map<String, Value>,
     pub occurred_at: chrono::DateTime<chrono::Utc>,
+    /// `attributes` serialized once, at validation: the bytes published to Kafka.
+    json: Vec<u8>,
 }
 
 impl ValidEvent {
@@ -97,8 +99,12 @@ impl ValidEvent {
     }
 
     /// The event as JSON bytes, the value published to Kafka.
-    pub fn to_json(&self) -> Vec<u8> {
-        // Serializing a map of JSON values cannot fail.
-        serde_json::to_vec(&self.attributes).unwrap_or_default()
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// The JSON bytes, without copying them.
+    pub fn into_json(self) -> Vec<u8> {
+        self.json
     }
 }

@@ -152,11 +152,14 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
         event.insert("id".into(), Value::String(generated));
     }
     let occurred_at = occurred_at.unwrap_or(now);
+    // Serializing a map of JSON values cannot fail.
+    let json = serde_json::to_vec(&event).unwrap_or_default();
     let valid = ValidEvent {
         attributes: event,
         occurred_at,
+        json,
     };
-    let size = valid.to_json().len();
+    let size = valid.json().len();
     if size > limits.max_event_bytes {
         return Err(Invalid::TooLarge {
             size,

@@ -22,6 +22,12 @@ pub struct Envelope {
     pub errors: Vec<ErrorItem>,
 }
 
+/// The `response` of an accepted single event.
+#[derive(Serialize)]
+pub struct Accepted<'a> {
+    pub accepted: &'a str,
+}
+
 /// One error of the catalogue.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorItem {
@@ -31,23 +37,32 @@ pub struct ErrorItem {
     pub message: String,
 }
 
-impl Envelope {
-    fn new(response: Option<Value>, errors: Vec<ErrorItem>) -> Envelope {
-        Envelope {
-            id: "openg2p.auditmanager",
-            version: "1.0",
-            responsetime: chrono::Utc::now()
-                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-                .to_string(),
-            response,
-            errors,
-        }
-    }
+/// What is written: the [`Envelope`] with any serializable `response`, borrowed, so a hot
+/// answer such as `{"accepted": id}` needs no JSON tree.
+#[derive(Serialize)]
+struct Body<'a, R: Serialize> {
+    id: &'static str,
+    version: &'static str,
+    responsetime: &'a str,
+    response: Option<R>,
+    errors: &'a [ErrorItem],
+}
+
+fn render<R: Serialize>(status: StatusCode, response: Option<R>, errors: &[ErrorItem]) -> Response {
+    let responsetime = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = Body {
+        id: "openg2p.auditmanager",
+        version: "1.0",
+        responsetime: &responsetime,
+        response,
+        errors,
+    };
+    (status, Json(body)).into_response()
 }
 
 /// A successful answer in the envelope.
-pub fn ok(status: StatusCode, response: Value) -> Response {
-    (status, Json(Envelope::new(Some(response), Vec::new()))).into_response()
+pub fn ok(status: StatusCode, response: impl Serialize) -> Response {
+    render(status, Some(response), &[])
 }
 
 /// An answer carrying errors (and, for `/health`, the report as `response`).
@@ -56,7 +71,7 @@ pub fn with_errors(
     response: Option<Value>,
     errors: Vec<ErrorItem>,
 ) -> Response {
-    (status, Json(Envelope::new(response, errors))).into_response()
+    render(status, response, &errors)
 }
 
 /// Every way a request can fail, mapped to the error catalogue.

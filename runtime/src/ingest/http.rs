@@ -123,7 +123,7 @@ async fn accept_one(
     let value = if headers.contains_key("ce-specversion") {
         binary_mode_event(headers, &media, &bytes)?
     } else {
-        match media.as_str() {
+        match &*media {
             "application/json" | "application/cloudevents+json" => parse_json(&bytes)?,
             "application/cloudevents-batch+json" => {
                 return Err(ApiError::UnsupportedMediaType(
@@ -145,7 +145,7 @@ async fn accept_one(
     enqueue(state, vec![event]).await?;
     Ok(envelope::ok(
         StatusCode::ACCEPTED,
-        json!({ "accepted": id }),
+        envelope::Accepted { accepted: &id },
     ))
 }
 
@@ -157,7 +157,7 @@ async fn accept_batch(
     refuse_when_draining(state)?;
     let media = media_type(headers);
     let bytes = read_body(state, headers, body).await?;
-    let (items, prefix) = match media.as_str() {
+    let (items, prefix) = match &*media {
         "application/json" => match parse_json(&bytes)? {
             Value::Object(mut obj) => match obj.remove("events") {
                 Some(Value::Array(items)) => (items, "events"),
@@ -254,7 +254,7 @@ async fn enqueue(state: &AppState, events: Vec<ValidEvent>) -> Result<(), ApiErr
         .map(|e| Outgoing {
             id: e.id().to_string(),
             key: e.partition_key().to_string(),
-            payload: e.to_json(),
+            payload: e.into_json(),
         })
         .collect();
     let want_ack = state.config.ingest.ack_mode == AckMode::Kafka;
@@ -302,13 +302,18 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The lowercase media type without parameters; empty when absent.
-fn media_type(headers: &HeaderMap) -> String {
-    headers
+fn media_type(headers: &HeaderMap) -> std::borrow::Cow<'_, str> {
+    let essence = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default()
+        .map(str::trim)
+        .unwrap_or_default();
+    if essence.bytes().any(|b| b.is_ascii_uppercase()) {
+        essence.to_ascii_lowercase().into()
+    } else {
+        essence.into()
+    }
 }
 
 fn unsupported(media: &str) -> ApiError {

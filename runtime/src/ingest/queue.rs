@@ -12,8 +12,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 /// One accepted event on its way to Kafka.
 pub struct Queued {
     pub id: String,
+    /// Key and payload until handed to librdkafka, which keeps its own copy from then on.
     pub key: String,
-    pub payload: Arc<[u8]>,
+    pub payload: Vec<u8>,
     /// Told once Kafka acknowledged the event (ack mode `kafka`).
     pub acked: Option<oneshot::Sender<()>>,
     /// Returned to the queue when this is dropped, after delivery.
@@ -87,7 +88,7 @@ impl IngestQueue {
             let _ = tx.send(Queued {
                 id: e.id,
                 key: e.key,
-                payload: e.payload.into(),
+                payload: e.payload,
                 acked,
                 permit,
                 enqueued_at: now,

@@ -1,18 +1,24 @@
 //! Drains the ingest queue into Kafka: in order, in batches, and never dropping an event.
 //!
 //! Events are handed to librdkafka in queue order (so one key's events keep their order), with
-//! idempotence on, acks=all and no delivery timeout; an event whose delivery still fails is
-//! handed over again after a backoff. Its queue permit is released only once Kafka has
-//! acknowledged it.
+//! idempotence on, acks=all and no delivery timeout. librdkafka's delivery report settles each
+//! event on its polling thread, without waking the async runtime: on success the metrics are
+//! counted, an `ack_mode: kafka` request is told, and the event's queue permit is released; on
+//! failure the event goes back to the publisher, which hands it over again after a backoff.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::client::ClientContext;
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use tokio::sync::mpsc;
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, Producer, ProducerContext, ThreadedProducer,
+};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::KafkaConfig;
 use crate::ingest::queue::Queued;
@@ -23,70 +29,132 @@ use crate::metrics::Metrics;
 /// 6 MB); 10,000 in flight still keeps a local broker busy at over 200,000 events/s.
 const MAX_IN_FLIGHT: usize = 10_000;
 
-/// Builds the idempotent producer the publisher and the DLQ use.
-pub fn build_producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
+/// The settings every producer of this process shares: idempotent, acks=all, no delivery
+/// deadline (librdkafka keeps retrying while the cluster is away).
+fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("client.id", &kafka.client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // No delivery deadline: librdkafka keeps retrying while the cluster is away, and the
-        // event keeps its queue permit until it is acknowledged.
         .set("message.timeout.ms", "0")
         .set("linger.ms", kafka.producer.linger_ms.to_string())
         .set("compression.type", &kafka.producer.compression)
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
+        .set("queue.buffering.max.messages", "1000000");
+    config
+}
+
+/// Builds the idempotent producer the DLQ and `dlq replay` use.
+pub fn build_producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    producer_config(kafka).create()
+}
+
+/// The ingest producer: delivery reports settle events through [`Deliveries`].
+pub type IngestProducer = ThreadedProducer<Deliveries>;
+
+/// Builds the ingest producer and the receiver of events whose delivery failed.
+pub fn build_ingest_producer(
+    kafka: &KafkaConfig,
+    metrics: Arc<Metrics>,
+) -> Result<(IngestProducer, mpsc::UnboundedReceiver<Box<Queued>>), KafkaError> {
+    let (retry, retries) = mpsc::unbounded_channel();
+    let context = Deliveries {
+        metrics,
+        retry,
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        unsettled: AtomicUsize::new(0),
+    };
+    let producer = ThreadedProducer::from_config_and_context(&producer_config(kafka), context)?;
+    Ok((producer, retries))
+}
+
+/// What happens when librdkafka reports on an event (on its polling thread).
+pub struct Deliveries {
+    metrics: Arc<Metrics>,
+    /// Failed events, back to the publisher for another attempt.
+    retry: mpsc::UnboundedSender<Box<Queued>>,
+    /// One permit per event handed to librdkafka and not yet reported on.
+    in_flight: Arc<Semaphore>,
+    /// Events taken from the queue and not yet acknowledged by Kafka.
+    unsettled: AtomicUsize,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Queued>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, mut item: Box<Queued>) {
+        match result {
+            Ok(_) => {
+                self.metrics.published.inc();
+                self.metrics
+                    .publish_latency
+                    .observe(item.enqueued_at.elapsed().as_secs_f64());
+                if let Some(ack) = item.acked.take() {
+                    let _ = ack.send(());
+                }
+                // Dropping the item returns its queue permit.
+                drop(item);
+                self.unsettled.fetch_sub(1, Ordering::AcqRel);
+            }
+            Err((e, message)) => {
+                item.key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                item.payload = message.payload().unwrap_or_default().to_vec();
+                self.metrics.publish_failures.inc();
+                tracing::warn!(event_id = %item.id, error = %e, "publish failed; retrying");
+                // The publisher lives until every event is settled, so the channel is open;
+                // if the process is being torn down anyway, the event was never acknowledged.
+                let _ = self.retry.send(item);
+            }
+        }
+        self.in_flight.add_permits(1);
+    }
 }
 
 /// Publishes queued events until the queue is closed and everything in it is acknowledged.
 pub struct Publisher {
-    pub producer: FutureProducer,
+    pub producer: IngestProducer,
+    pub retries: mpsc::UnboundedReceiver<Box<Queued>>,
     pub topic: String,
     pub batch_max_records: usize,
-    pub metrics: Arc<Metrics>,
 }
 
-type Delivery =
-    std::pin::Pin<Box<dyn Future<Output = (Queued, Result<(), KafkaError>)> + Send + Sync>>;
-
 impl Publisher {
-    /// Runs until `queue` is closed and drained, then flushes the producer.
-    pub async fn run(self, mut queue: mpsc::UnboundedReceiver<Queued>) {
-        let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    /// Runs until `queue` is closed and every event taken from it is acknowledged by Kafka.
+    pub async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Queued>) {
         let mut batch = Vec::with_capacity(self.batch_max_records);
+        let mut failed = Vec::new();
         let mut open = true;
         let mut backoff = Backoff::new();
         loop {
             tokio::select! {
                 biased;
-                Some((item, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                    match outcome {
-                        Ok(()) => {
-                            backoff.reset();
-                            self.delivered(item);
-                        }
-                        Err(e) => {
-                            self.metrics.publish_failures.inc();
-                            tracing::warn!(event_id = %item.id, error = %e, "publish failed; retrying");
-                            tokio::time::sleep(backoff.next()).await;
-                            in_flight.push(self.hand_over(item).await);
-                        }
+                _ = self.retries.recv_many(&mut failed, MAX_IN_FLIGHT) => {
+                    // Every event that failed so far waits one backoff, then goes again in
+                    // the order it had; further failures in a row wait longer.
+                    tokio::time::sleep(backoff.next()).await;
+                    while let Ok(more) = self.retries.try_recv() {
+                        failed.push(more);
                     }
+                    self.hand_over_all(failed.len(), failed.drain(..)).await;
                 }
-                n = queue.recv_many(&mut batch, self.batch_max_records),
-                    if open && in_flight.len() < MAX_IN_FLIGHT =>
-                {
+                n = queue.recv_many(&mut batch, self.batch_max_records), if open => {
                     if n == 0 {
                         open = false;
+                        continue;
                     }
-                    for item in batch.drain(..) {
-                        in_flight.push(self.hand_over(item).await);
+                    if self.retries.is_empty() {
+                        backoff.reset();
                     }
+                    self.producer.context().unsettled.fetch_add(n, Ordering::AcqRel);
+                    self.hand_over_all(n, batch.drain(..).map(Box::new)).await;
                 }
-                else => break,
+                // Closed: wait for the last acknowledgements (or failures to retry).
+                _ = tokio::time::sleep(Duration::from_millis(5)), if !open => {}
             }
-            if !open && in_flight.is_empty() {
+            if !open && self.producer.context().unsettled.load(Ordering::Acquire) == 0 {
                 break;
             }
         }
@@ -95,46 +163,46 @@ impl Publisher {
         tracing::info!("publisher drained the queue");
     }
 
-    /// Enqueues one event in librdkafka, waiting while its local queue is full.
-    async fn hand_over(&self, item: Queued) -> Delivery {
+    /// Hands `n` events over in order, first waiting while more than `MAX_IN_FLIGHT - n`
+    /// events are with librdkafka; each delivery report returns one permit.
+    async fn hand_over_all(&self, n: usize, items: impl Iterator<Item = Box<Queued>>) {
+        let in_flight = &self.producer.context().in_flight;
+        // At most MAX_IN_FLIGHT events are ever outstanding, so `n` fits.
+        let n = n.min(MAX_IN_FLIGHT) as u32;
+        if let Ok(permits) = in_flight.acquire_many(n).await {
+            permits.forget();
+        }
+        for item in items {
+            self.hand_over(item).await;
+        }
+    }
+
+    /// Enqueues one event in librdkafka, waiting while its local queue is full. librdkafka
+    /// copies key and payload, so the event travels on without them (its delivery report
+    /// carries them back if it has to be sent again).
+    async fn hand_over(&self, mut item: Box<Queued>) {
         let mut backoff = Backoff::new();
+        let key = std::mem::take(&mut item.key);
+        let payload = std::mem::take(&mut item.payload);
         loop {
-            let record = FutureRecord::to(&self.topic)
-                .key(item.key.as_bytes())
-                .payload(&*item.payload);
-            match self.producer.send_result(record) {
-                Ok(future) => return Box::pin(await_delivery(item, future)),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => {
-                    self.metrics.publish_failures.inc();
-                    tracing::warn!(event_id = %item.id, error = %e, "cannot hand event to Kafka; retrying");
-                    tokio::time::sleep(backoff.next()).await;
+            let record = BaseRecord::with_opaque_to(&self.topic, item)
+                .key(key.as_str())
+                .payload(payload.as_slice());
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((e, record)) => {
+                    item = record.delivery_opaque;
+                    if let KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) = e {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        self.producer.context().metrics.publish_failures.inc();
+                        tracing::warn!(event_id = %item.id, error = %e, "cannot hand event to Kafka; retrying");
+                        tokio::time::sleep(backoff.next()).await;
+                    }
                 }
             }
         }
     }
-
-    fn delivered(&self, mut item: Queued) {
-        self.metrics.published.inc();
-        self.metrics
-            .publish_latency
-            .observe(item.enqueued_at.elapsed().as_secs_f64());
-        if let Some(ack) = item.acked.take() {
-            let _ = ack.send(());
-        }
-        // Dropping the item returns its queue permit.
-    }
-}
-
-async fn await_delivery(item: Queued, future: DeliveryFuture) -> (Queued, Result<(), KafkaError>) {
-    let outcome = match future.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(e),
-        Err(_canceled) => Err(KafkaError::Canceled),
-    };
-    (item, outcome)
 }
 
 /// Capped exponential backoff: 100 ms doubling to 10 s.

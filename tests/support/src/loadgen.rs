@@ -8,19 +8,96 @@ use crate::http::HttpClient;
 
 /// A realistic event with a unique id (`run`-`n`) and its send time in `data.context.sent`.
 pub fn event(n: u64, run: &str) -> String {
+    let now = chrono_now();
     // Fixed-size, realistic event; ids unique per run.
     format!(
-        r#"{{"specversion":"1.0","id":"{run}-{n}","source":"/bench","type":"org.openg2p.beneficiary.viewed","subject":"beneficiary/b_{}","time":"{}","data":{{"actor":{{"type":"user","id":"u_{}","roles":["enrolment-officer"]}},"action":"view","outcome":"success","resource":{{"type":"beneficiary","id":"b_{}"}},"context":{{"sent":"{}"}}}}}}"#,
+        r#"{{"specversion":"1.0","id":"{run}-{n}","source":"/bench","type":"org.openg2p.beneficiary.viewed","subject":"beneficiary/b_{}","time":"{now}","data":{{"actor":{{"type":"user","id":"u_{}","roles":["enrolment-officer"]}},"action":"view","outcome":"success","resource":{{"type":"beneficiary","id":"b_{}"}},"context":{{"sent":"{now}"}}}}}}"#,
         n % 100_000,
-        chrono_now(),
         n % 5000,
         n % 100_000,
-        chrono_now()
     )
 }
 
 fn chrono_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// One keep-alive HTTP/1.1 connection for the generator: each request is one `write`, each
+/// answer is read into one reused buffer and only its status is kept. Lighter than a general
+/// client, so the generator, which shares the machine's cores with what it measures, takes as
+/// little CPU from it as it can; every answer is still read whole (Content-Length framing).
+pub struct Connection {
+    stream: tokio::net::TcpStream,
+    host: String,
+    request: Vec<u8>,
+    answer: Vec<u8>,
+}
+
+impl Connection {
+    pub async fn open(address: &str) -> std::io::Result<Connection> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            stream,
+            host: address.to_string(),
+            request: Vec::with_capacity(4096),
+            answer: Vec::with_capacity(4096),
+        })
+    }
+
+    /// POSTs `body` and returns the status code once the whole answer has arrived.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> std::io::Result<u16> {
+        use std::io::{Error, ErrorKind, Write};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.request.clear();
+        write!(
+            self.request,
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        )?;
+        self.request.extend_from_slice(body);
+        self.stream.write_all(&self.request).await?;
+        self.answer.clear();
+        let broken = |why: &str| Error::new(ErrorKind::InvalidData, format!("HTTP answer: {why}"));
+        loop {
+            if let Some(end) = find(&self.answer, b"\r\n\r\n") {
+                let head =
+                    std::str::from_utf8(&self.answer[..end]).map_err(|_| broken("not UTF-8"))?;
+                let status = head
+                    .get(9..12)
+                    .and_then(|s| s.parse::<u16>().ok())
+                    .ok_or_else(|| broken("no status line"))?;
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .ok_or_else(|| broken("no Content-Length"))?;
+                let whole = end + 4 + length;
+                while self.answer.len() < whole {
+                    if self.stream.read_buf(&mut self.answer).await? == 0 {
+                        return Err(broken("connection closed inside the body"));
+                    }
+                }
+                return Ok(status);
+            }
+            if self.stream.read_buf(&mut self.answer).await? == 0 {
+                return Err(broken("connection closed before the answer"));
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[derive(Default)]
@@ -74,7 +151,7 @@ pub async fn worker(
     offset: Duration,
 ) -> Tally {
     let mut tally = Tally::default();
-    let Ok(mut client) = HttpClient::connect(&address).await else {
+    let Ok(mut client) = Connection::open(&address).await else {
         tally.errors += 1;
         return tally;
     };
@@ -92,17 +169,17 @@ pub async fn worker(
         };
         let payload = body(n);
         n += 1;
-        match client.post(path, content_type, payload).await {
-            Ok(a) if a.status == 202 => {
+        match client.post(path, content_type, payload.as_bytes()).await {
+            Ok(202) => {
                 tally.accepted += 1;
                 tally
                     .latencies_us
                     .push(scheduled.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
             }
-            Ok(a) if a.status == 503 => tally.refused += 1,
+            Ok(503) => tally.refused += 1,
             Ok(_) | Err(_) => {
                 tally.errors += 1;
-                if let Ok(c) = HttpClient::connect(&address).await {
+                if let Ok(c) = Connection::open(&address).await {
                     client = c;
                 }
             }
@@ -185,4 +262,21 @@ pub async fn metric(client: &mut HttpClient, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// `env` plus every `AUDIT_MANAGER__*` variable of the benchmark's own environment (which
+/// win), so one run can measure other settings: `AUDIT_MANAGER__KAFKA__PRODUCER__LINGER_MS=20
+/// make bench`. Each override is printed, so a report says what it measured.
+pub fn with_overrides(mut env: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+    let overrides: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AUDIT_MANAGER__"))
+        .collect();
+    for (k, v) in &overrides {
+        println!("setting from the environment: {k}={v}");
+    }
+    env.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+    env.into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(overrides)
+        .collect()
 }

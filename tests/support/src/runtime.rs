@@ -1,5 +1,6 @@
 //! The `audit-manager` binary as a child process of a test or the benchmark.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -18,10 +19,10 @@ pub struct AuditManager {
 impl AuditManager {
     /// Starts `binary args...` with `env` on top of a clean environment, and waits until
     /// `/health/ready` answers 200.
-    pub fn start(
+    pub fn start<K: AsRef<OsStr>, V: AsRef<OsStr>>(
         binary: &Path,
         args: &[&str],
-        env: &[(&str, String)],
+        env: &[(K, V)],
     ) -> Result<AuditManager, Error> {
         let port = free_port()?;
         let dir = crate::scratch_dir("audit-manager")?;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use audit_testenv::http::HttpClient;
-use audit_testenv::loadgen::{event, metric, run_phase};
+use audit_testenv::loadgen::{event, metric, run_phase, with_overrides};
 use audit_testenv::topics::create_topic;
 use audit_testenv::{AuditManager, Kafka};
 
@@ -168,13 +168,13 @@ fn main() -> std::process::ExitCode {
     };
     rt.block_on(async {
         create_topic(&kafka.bootstrap(), "openg2p.audit.events", 12).await;
-        let env = [
+        let env = with_overrides(vec![
             ("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS", kafka.bootstrap()),
             ("AUDIT_MANAGER__COMPONENTS__CONSUMER", "false".to_string()),
             ("AUDIT_MANAGER__COMPONENTS__MAINTENANCE", "false".to_string()),
             ("AUDIT_MANAGER__INGEST__QUEUE_MAX_SIZE", o.queue.to_string()),
             ("AUDIT_MANAGER__LOG__LEVEL", "warn".to_string()),
-        ];
+        ]);
         let runtime = match AuditManager::start(&binary, &["serve"], &env) {
             Ok(r) => r,
             Err(e) => return eprintln!("bench-ingest: {e}"),

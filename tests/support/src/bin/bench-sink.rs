@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use audit_testenv::http::HttpClient;
-use audit_testenv::loadgen::{metric, run_phase};
+use audit_testenv::loadgen::{metric, run_phase, with_overrides};
 use audit_testenv::topics::create_topic;
 use audit_testenv::{AuditManager, Kafka, Postgres};
 use sqlx::{Connection, PgConnection};
@@ -248,11 +248,12 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
         ),
         ("AUDIT_MANAGER__LOG__LEVEL", "warn".to_string()),
     ]);
+    let env = with_overrides(env);
 
     // The sink alone: a backlog published by an ingest-only process, then drained by a
     // consumer-only process.
     let mut ingest_env = env.clone();
-    ingest_env.push(("AUDIT_MANAGER__COMPONENTS__CONSUMER", "false".to_string()));
+    ingest_env.push(("AUDIT_MANAGER__COMPONENTS__CONSUMER".into(), "false".into()));
     let ingest =
         AuditManager::start(&binary, &["serve"], &ingest_env).map_err(|e| e.to_string())?;
     let backlog = run_phase(
@@ -267,7 +268,7 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
     ingest.terminate();
     ingest.wait_exit(Duration::from_secs(60));
     let mut sink_env = env.clone();
-    sink_env.push(("AUDIT_MANAGER__COMPONENTS__INGEST", "false".to_string()));
+    sink_env.push(("AUDIT_MANAGER__COMPONENTS__INGEST".into(), "false".into()));
     let cpu = Cpu::now();
     let started = Instant::now();
     let sink = AuditManager::start(&binary, &["serve"], &sink_env).map_err(|e| e.to_string())?;
