@@ -27,53 +27,58 @@ pub struct Row {
     pub details: Option<Value>,
 }
 
-fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
-    map.get(key).and_then(Value::as_str).map(str::to_string)
+/// Removes `key` from `map`, returning it when it was a string.
+fn take(map: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
 }
 
 /// Maps an event: `time`→`occurred_at`; `trace_id` from `traceparent`; `details` = `data`
 /// without action/outcome/reason and without actor and resource id/type, empty leftovers
-/// dropped, NULL when nothing is left.
-pub fn to_row(event: &ValidEvent) -> Row {
-    let attrs = &event.attributes;
-    let data = event.data();
-    let empty = Map::new();
-    let actor = data
-        .get("actor")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
-    let resource = data.get("resource").and_then(Value::as_object);
-    let mut details = data.clone();
-    for key in ["action", "outcome", "reason"] {
-        details.remove(key);
-    }
-    for key in ["actor", "resource"] {
-        if let Some(Value::Object(inner)) = details.get_mut(key) {
-            inner.remove("id");
-            inner.remove("type");
-            if inner.is_empty() {
-                details.remove(key);
-            }
+/// dropped, NULL when nothing is left. Consumes the event: its strings move into the row.
+pub fn to_row(event: ValidEvent) -> Row {
+    let occurred_at = event.occurred_at;
+    let mut attrs = event.attributes;
+    let mut details = match attrs.remove("data") {
+        Some(Value::Object(data)) => data,
+        _ => Map::new(),
+    };
+    let action = take(&mut details, "action").unwrap_or_default();
+    let outcome = take(&mut details, "outcome").unwrap_or_default();
+    let reason = take(&mut details, "reason");
+    let mut id_and_type = |key: &str| -> (Option<String>, Option<String>) {
+        let Some(Value::Object(inner)) = details.get_mut(key) else {
+            return (None, None);
+        };
+        let pair = (take(inner, "id"), take(inner, "type"));
+        if inner.is_empty() {
+            details.remove(key);
         }
-    }
+        pair
+    };
+    let (actor_id, actor_type) = id_and_type("actor");
+    let (resource_id, resource_type) = id_and_type("resource");
+    let trace_id = attrs
+        .get("traceparent")
+        .and_then(Value::as_str)
+        .and_then(trace_id_of)
+        .map(str::to_string);
     Row {
-        id: event.id().to_string(),
-        source: event.source().to_string(),
-        r#type: text(attrs, "type").unwrap_or_default(),
-        subject: text(attrs, "subject"),
-        occurred_at: event.occurred_at,
-        actor_type: text(actor, "type").unwrap_or_else(|| "user".to_string()),
-        actor_id: text(actor, "id").unwrap_or_default(),
-        resource_type: resource.and_then(|r| text(r, "type")),
-        resource_id: resource.and_then(|r| text(r, "id")),
-        action: text(data, "action").unwrap_or_default(),
-        outcome: text(data, "outcome").unwrap_or_default(),
-        reason: text(data, "reason"),
-        trace_id: attrs
-            .get("traceparent")
-            .and_then(Value::as_str)
-            .and_then(trace_id_of)
-            .map(str::to_string),
+        id: take(&mut attrs, "id").unwrap_or_default(),
+        source: take(&mut attrs, "source").unwrap_or_default(),
+        r#type: take(&mut attrs, "type").unwrap_or_default(),
+        subject: take(&mut attrs, "subject"),
+        occurred_at,
+        actor_type: actor_type.unwrap_or_else(|| "user".to_string()),
+        actor_id: actor_id.unwrap_or_default(),
+        resource_type,
+        resource_id,
+        action,
+        outcome,
+        reason,
+        trace_id,
         details: (!details.is_empty()).then_some(Value::Object(details)),
     }
 }
@@ -238,7 +243,7 @@ mod tests {
             json!({"subject": "beneficiary/b_1",
                    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
         );
-        let row = to_row(&e);
+        let row = to_row(e);
         assert_eq!(row.id, "e1");
         assert_eq!(row.source, "/s");
         assert_eq!(row.r#type, "t");
@@ -272,7 +277,7 @@ mod tests {
                    "resource": {"type": "page", "id": "/x"}}),
             json!({}),
         );
-        let row = to_row(&e);
+        let row = to_row(e);
         assert_eq!(row.actor_type, "user", "actor.type defaults to user");
         assert_eq!(row.details, None);
         assert_eq!(row.subject, None);
@@ -288,7 +293,7 @@ mod tests {
             json!({}),
         );
         let mut line = String::new();
-        copy_line(&mut line, &to_row(&e));
+        copy_line(&mut line, &to_row(e));
         let fields: Vec<&str> = line.trim_end_matches('\n').split('\t').collect();
         assert_eq!(fields.len(), 14, "{line}");
         assert_eq!(fields[6], "a\\tb");
@@ -306,7 +311,7 @@ mod tests {
                    "outcome": "failure", "resource": {"type": "batch"}, "context": {"k": 1}}),
             json!({}),
         );
-        let row = to_row(&e);
+        let row = to_row(e);
         assert_eq!(row.actor_type, "system");
         assert_eq!(row.resource_type.as_deref(), Some("batch"));
         assert_eq!(row.resource_id, None);

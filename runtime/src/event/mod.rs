@@ -56,8 +56,9 @@ pub struct ValidEvent {
     /// The whole CloudEvent as accepted (extension attributes and extra keys kept).
     pub attributes: Map<String, Value>,
     pub occurred_at: chrono::DateTime<chrono::Utc>,
-    /// `attributes` serialized once, at validation: the bytes published to Kafka.
-    json: Vec<u8>,
+    /// `attributes` serialized once: at validation when there is a size limit to check,
+    /// else on first use (the sink, which re-validates stored events, never needs it).
+    json: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl ValidEvent {
@@ -100,11 +101,19 @@ impl ValidEvent {
 
     /// The event as JSON bytes, the value published to Kafka.
     pub fn json(&self) -> &[u8] {
-        &self.json
+        self.json.get_or_init(|| serialize(&self.attributes))
     }
 
     /// The JSON bytes, without copying them.
     pub fn into_json(self) -> Vec<u8> {
-        self.json
+        match self.json.into_inner() {
+            Some(json) => json,
+            None => serialize(&self.attributes),
+        }
     }
+}
+
+fn serialize(attributes: &Map<String, Value>) -> Vec<u8> {
+    // Serializing a map of JSON values cannot fail.
+    serde_json::to_vec(attributes).unwrap_or_default()
 }

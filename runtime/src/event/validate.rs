@@ -28,6 +28,7 @@ const OUTCOMES: [&str; 3] = ["success", "failure", "denied"];
 /// The limits an event is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// The largest serialized event; `usize::MAX` = no limit (and no serialization).
     pub max_event_bytes: usize,
     pub max_future_skew: std::time::Duration,
     /// 0 = no lower bound on `time`.
@@ -152,19 +153,20 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
         event.insert("id".into(), Value::String(generated));
     }
     let occurred_at = occurred_at.unwrap_or(now);
-    // Serializing a map of JSON values cannot fail.
-    let json = serde_json::to_vec(&event).unwrap_or_default();
     let valid = ValidEvent {
         attributes: event,
         occurred_at,
-        json,
+        json: std::sync::OnceLock::new(),
     };
-    let size = valid.json().len();
-    if size > limits.max_event_bytes {
-        return Err(Invalid::TooLarge {
-            size,
-            limit: limits.max_event_bytes,
-        });
+    // No limit (usize::MAX, the sink's re-validation): nothing to measure, nothing serialized.
+    if limits.max_event_bytes < usize::MAX {
+        let size = valid.json().len();
+        if size > limits.max_event_bytes {
+            return Err(Invalid::TooLarge {
+                size,
+                limit: limits.max_event_bytes,
+            });
+        }
     }
     Ok(valid)
 }

@@ -377,7 +377,7 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now: DateTime<Utc>) -> Re
             }
         },
     })?;
-    Ok(rows::to_row(&event))
+    Ok(rows::to_row(event))
 }
 
 /// Every 10 s: lag of the partitions assigned to this consumer (high watermark minus the

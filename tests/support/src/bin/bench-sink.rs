@@ -339,12 +339,15 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
     // The ceiling: as many rows of the same shape, COPYed straight into the same (emptied)
     // table, so both write the same B-tree depth and the same number of index entries.
     empty(&mut admin).await?;
+    let cpu = Cpu::now();
+    let started = Instant::now();
     let ceiling = raw_copy(&mut conn, sent)
         .await
         .map_err(|e| format!("COPY: {e}"))?;
     println!(
-        "{:<34} {ceiling:>10.0} rows/s  ({sent} rows into an empty table, one connection, one COPY)",
-        "raw ceiling: COPY into audit_events"
+        "{:<34} {ceiling:>10.0} rows/s  ({sent} rows into an empty table, one connection, one COPY; {})",
+        "raw ceiling: COPY into audit_events",
+        cpu.since(started.elapsed())
     );
     println!(
         "{:<34} end to end {:.0}% of the raw ceiling; sink only {:.0}%",
