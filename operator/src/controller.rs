@@ -286,9 +286,9 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
         };
         let topic_state = match topics::ensure(&am.spec.kafka, &previous.owned_topics).await {
             Ok(report) => {
-                if !report.created_names.is_empty() {
+                if !report.created.is_empty() {
                     // Recorded at once: teardown deletes only topics listed here.
-                    owned_topics.extend(report.created_names.iter().cloned());
+                    owned_topics.extend(report.created.iter().map(|(name, _)| name.clone()));
                     api.patch_status(
                         &name,
                         &PatchParams::default(),
@@ -296,12 +296,12 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
                     )
                     .await?;
                 }
-                for t in &report.created {
+                for (topic, partitions) in &report.created {
                     ctx.event(
                         am,
                         EventType::Normal,
                         "TopicCreated",
-                        format!("created topic {t}"),
+                        format!("created topic {topic} ({partitions} partitions)"),
                     )
                     .await;
                 }

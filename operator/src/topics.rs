@@ -36,12 +36,39 @@ fn partitions_of(
         .map(|t| t.partitions().len() as i32))
 }
 
+/// The partition count of each of `names` that exists, asked through one client.
+async fn existing(kafka: &KafkaSpec, names: Vec<String>) -> Result<BTreeMap<String, i32>, Problem> {
+    let spec = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &spec.bootstrap_servers)
+            .create()
+            .map_err(|e| unreachable(&spec, e))?;
+        let mut found = BTreeMap::new();
+        for name in names {
+            if let Some(n) = partitions_of(&probe, &spec, &name)? {
+                found.insert(name, n);
+            }
+        }
+        Ok(found)
+    })
+    .await
+    .map_err(|e| Problem::new("InternalError", e.to_string()))?
+}
+
+fn admin(kafka: &KafkaSpec) -> Result<AdminClient<DefaultClientContext>, Problem> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("socket.timeout.ms", "10000")
+        .create()
+        .map_err(|e| unreachable(kafka, e))
+}
+
 /// What the topics step did, for Events and the condition message.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Names of the topics this call created.
-    pub created_names: Vec<String>,
-    pub created: Vec<String>,
+    /// Name and partitions of each topic this call created.
+    pub created: Vec<(String, i32)>,
     pub grown: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -49,29 +76,16 @@ pub struct Report {
 /// Creates missing topics and grows partitions up to the spec. A topic that exists but is not
 /// in `owned` (created by this resource) is reported as a conflict and left alone.
 pub async fn ensure(kafka: &KafkaSpec, owned: &[String]) -> Result<Report, Problem> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("socket.timeout.ms", "10000")
-        .create()
-        .map_err(|e| unreachable(kafka, e))?;
+    let admin = admin(kafka)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut report = Report::default();
-    for topic in [&kafka.events_topic, &kafka.dlq_topic] {
-        let (spec, name) = (kafka.clone(), topic.name.clone());
-        let existing = tokio::task::spawn_blocking(move || {
-            let probe: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &spec.bootstrap_servers)
-                .create()
-                .map_err(|e| unreachable(&spec, e))?;
-            partitions_of(&probe, &spec, &name)
-        })
-        .await
-        .map_err(|e| Problem::new("InternalError", e.to_string()))??;
-        match existing {
+    let topics = [&kafka.events_topic, &kafka.dlq_topic];
+    let found = existing(kafka, topics.iter().map(|t| t.name.clone()).collect()).await?;
+    for topic in topics {
+        match found.get(&topic.name).copied() {
             None => {
                 create(&admin, &options, topic).await?;
-                report.created_names.push(topic.name.clone());
-                report.created.push(format!("{} ({} partitions)", topic.name, topic.partitions));
+                report.created.push((topic.name.clone(), topic.partitions));
             }
             Some(_) if !owned.contains(&topic.name) => {
                 return Err(Problem::new(
@@ -198,27 +212,13 @@ pub fn lag(kafka: &KafkaSpec) -> Result<BTreeMap<i32, i64>, Problem> {
 
 /// Deletes `names` (those that exist).
 pub async fn delete(kafka: &KafkaSpec, names: &[String]) -> Result<Vec<String>, Problem> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("socket.timeout.ms", "10000")
-        .create()
-        .map_err(|e| unreachable(kafka, e))?;
-    let mut existing = Vec::new();
-    for name in names {
-        let (spec, topic) = (kafka.clone(), name.clone());
-        let found = tokio::task::spawn_blocking(move || {
-            let probe: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &spec.bootstrap_servers)
-                .create()
-                .map_err(|e| unreachable(&spec, e))?;
-            partitions_of(&probe, &spec, &topic)
-        })
-        .await
-        .map_err(|e| Problem::new("InternalError", e.to_string()))??;
-        if found.is_some() {
-            existing.push(name.clone());
-        }
-    }
+    let admin = admin(kafka)?;
+    let found = existing(kafka, names.to_vec()).await?;
+    let existing: Vec<String> = names
+        .iter()
+        .filter(|n| found.contains_key(*n))
+        .cloned()
+        .collect();
     if existing.is_empty() {
         return Ok(existing);
     }

@@ -62,7 +62,7 @@ pub fn build_ingest_producer(
     let context = Deliveries {
         metrics,
         retry,
-        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        in_flight: Semaphore::new(MAX_IN_FLIGHT),
         unsettled: AtomicUsize::new(0),
     };
     let producer = ThreadedProducer::from_config_and_context(&producer_config(kafka), context)?;
@@ -75,7 +75,7 @@ pub struct Deliveries {
     /// Failed events, back to the publisher for another attempt.
     retry: mpsc::UnboundedSender<Box<Queued>>,
     /// One permit per event handed to librdkafka and not yet reported on.
-    in_flight: Arc<Semaphore>,
+    in_flight: Semaphore,
     /// Events taken from the queue and not yet acknowledged by Kafka.
     unsettled: AtomicUsize,
 }
