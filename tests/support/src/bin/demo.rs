@@ -97,6 +97,23 @@ fn kubectl(kube: &audit_testenv::Kube, args: &[&str]) -> Step<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The demo's AuditManager as JSON (`kubectl get auditmanager audit -o json`).
+fn demo_resource(kube: &audit_testenv::Kube) -> Step<Value> {
+    let json = kubectl(
+        kube,
+        &[
+            "-n",
+            "audit-demo",
+            "get",
+            "auditmanager",
+            "audit",
+            "-o",
+            "json",
+        ],
+    )?;
+    serde_json::from_str(&json).map_err(|e| format!("the AuditManager as JSON: {e}"))
+}
+
 fn kubectl_stdin(kube: &audit_testenv::Kube, args: &[&str], input: &str) -> Step<String> {
     use std::io::Write;
     let mut child = kube
@@ -226,19 +243,7 @@ async fn demo() -> Step<Vec<Process>> {
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let am: Value = serde_json::from_str(&kubectl(
-            kube,
-            &[
-                "-n",
-                "audit-demo",
-                "get",
-                "auditmanager",
-                "audit",
-                "-o",
-                "json",
-            ],
-        )?)
-        .map_err(|e| e.to_string())?;
+        let am = demo_resource(kube)?;
         let conditions = am["status"]["conditions"]
             .as_array()
             .cloned()
@@ -422,19 +427,7 @@ async fn demo() -> Step<Vec<Process>> {
     loop {
         let table = kubectl(kube, &["-n", "audit-demo", "get", "auditmanagers"])?;
         print!("{table}");
-        let am: Value = serde_json::from_str(&kubectl(
-            kube,
-            &[
-                "-n",
-                "audit-demo",
-                "get",
-                "auditmanager",
-                "audit",
-                "-o",
-                "json",
-            ],
-        )?)
-        .map_err(|e| e.to_string())?;
+        let am = demo_resource(kube)?;
         if am["status"]["consumerLag"]["total"] == json!(0) {
             break;
         }
