@@ -1,6 +1,7 @@
 //! `make bench` (sink part), in one run against real PostgreSQL and Kafka: the sink alone (a
 //! Kafka backlog → rows), the end-to-end rate (events POSTed → rows committed), PostgreSQL's
-//! raw COPY ceiling for as many rows of the same shape, the multi-row
+//! raw COPY ceiling for the same rows (those the end-to-end phase stored, COPYed again), the
+//! multi-row
 //! `INSERT ... SELECT FROM unnest(...)` fallback, and time-to-visible at a steady rate. Every
 //! rate is measured into an emptied `audit_events`, so each writes the same index depth.
 //!
@@ -30,12 +31,12 @@ fn arg(name: &str, default: u64) -> Result<u64, String> {
     }
 }
 
-/// One row in COPY text format, shaped like the bench's events, stamped with the time it was
-/// made (microseconds, like an event's `time`): rows that all shared one timestamp would let
-/// the B-tree indexes on `occurred_at` deduplicate their keys, which real events never allow,
-/// and would make the ceiling a ceiling for other rows.
-fn copy_line(run: &str, n: u64) -> String {
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+/// One row in COPY text format, shaped like the bench's events, stamped `n` microseconds after
+/// `start` (like an event's `time`): rows that shared one timestamp would let the B-tree
+/// indexes on `occurred_at` deduplicate their keys, which real events never allow.
+fn copy_line(run: &str, n: u64, start: chrono::DateTime<chrono::Utc>) -> String {
+    let now = (start + chrono::Duration::microseconds(n as i64))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     format!(
         "{run}-{n}\t/bench\torg.openg2p.beneficiary.viewed\tbeneficiary/b_{}\t{now}\tuser\tu_{}\tbeneficiary\tb_{}\tview\tsuccess\t\\N\t\\N\t{{\"actor\": {{\"roles\": [\"enrolment-officer\"]}}, \"context\": {{\"sent\": \"{now}\"}}}}\n",
         n % 100_000,
@@ -52,21 +53,44 @@ async fn count(conn: &mut PgConnection, run: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-async fn raw_copy(conn: &mut PgConnection, rows: u64) -> Result<f64, sqlx::Error> {
+/// Synthetic rows of the bench's shape with ids in sequence, as COPY text (made before the
+/// clock starts).
+fn synthetic_rows(rows: u64) -> Vec<u8> {
+    let mut text = Vec::with_capacity(rows as usize * 260);
+    let start = chrono::Utc::now();
+    for n in 0..rows {
+        text.extend_from_slice(copy_line("copy", n, start).as_bytes());
+    }
+    text
+}
+
+/// The rows stored since the table was last emptied, as COPY text, in the order the sink wrote
+/// them: transaction by transaction (`ingested_at` is each transaction's start), then heap
+/// order within it.
+async fn stored_rows(conn: &mut PgConnection) -> Result<Vec<u8>, sqlx::Error> {
+    use futures::TryStreamExt;
+    let mut text = Vec::new();
+    let mut out = conn
+        .copy_out_raw(&format!(
+            "COPY (SELECT {COLUMNS} FROM audit_events ORDER BY ingested_at, tableoid, ctid) TO STDOUT"
+        ))
+        .await?;
+    while let Some(chunk) = out.try_next().await? {
+        text.extend_from_slice(&chunk);
+    }
+    Ok(text)
+}
+
+/// COPYs `text` into `audit_events` in one COPY on one connection; rows per second.
+async fn raw_copy(conn: &mut PgConnection, text: &[u8]) -> Result<f64, sqlx::Error> {
     let started = Instant::now();
     let mut copy = conn
         .copy_in_raw(&format!("COPY audit_events ({COLUMNS}) FROM STDIN"))
         .await?;
-    let mut chunk = String::with_capacity(1 << 20);
-    for n in 0..rows {
-        chunk.push_str(&copy_line("copy", n));
-        if chunk.len() > (1 << 20) - 1024 {
-            copy.send(chunk.as_bytes()).await?;
-            chunk.clear();
-        }
+    for chunk in text.chunks(1 << 20) {
+        copy.send(chunk).await?;
     }
-    copy.send(chunk.as_bytes()).await?;
-    copy.finish().await?;
+    let rows = copy.finish().await?;
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -336,24 +360,42 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
     );
     println!("{:<34} {}", "", cpu.since(done - started));
 
-    // The ceiling: as many rows of the same shape, COPYed straight into the same (emptied)
-    // table, so both write the same B-tree depth and the same number of index entries.
+    // The ceiling: the very rows the end-to-end phase stored, in the order it stored them,
+    // COPYed again into the emptied table in one COPY on one connection, so both write the same
+    // keys in the same order to the same index depth.
+    let stored = stored_rows(&mut conn)
+        .await
+        .map_err(|e| format!("reading back the stored rows: {e}"))?;
     empty(&mut admin).await?;
     let cpu = Cpu::now();
     let started = Instant::now();
-    let ceiling = raw_copy(&mut conn, sent)
+    let ceiling = raw_copy(&mut conn, &stored)
         .await
         .map_err(|e| format!("COPY: {e}"))?;
     println!(
-        "{:<34} {ceiling:>10.0} rows/s  ({sent} rows into an empty table, one connection, one COPY; {})",
+        "{:<34} {ceiling:>10.0} rows/s  ({sent} rows the end-to-end phase stored, in its order, into an empty table, one connection, one COPY; {})",
         "raw ceiling: COPY into audit_events",
         cpu.since(started.elapsed())
     );
+    drop(stored);
+    // For reference: as many synthetic rows of the same shape whose ids come in sequence,
+    // which keeps every insert into the primary key near the last one.
+    let synthetic = synthetic_rows(sent);
+    empty(&mut admin).await?;
+    let sequential = raw_copy(&mut conn, &synthetic)
+        .await
+        .map_err(|e| format!("COPY: {e}"))?;
+    drop(synthetic);
     println!(
-        "{:<34} end to end {:.0}% of the raw ceiling; sink only {:.0}%",
+        "{:<34} {sequential:>10.0} rows/s  ({sent} synthetic rows with ids in sequence, one COPY: the primary key is written in key order)",
+        "reference: COPY, ids in order",
+    );
+    println!(
+        "{:<34} end to end {:.0}% of the raw ceiling; sink only {:.0}%; end to end {:.0}% of the ids-in-order COPY",
         "ratio",
         100.0 * e2e / ceiling,
-        100.0 * sink_only / ceiling
+        100.0 * sink_only / ceiling,
+        100.0 * e2e / sequential
     );
     empty(&mut admin).await?;
     let unnest = unnest_insert(&mut conn, rows)
