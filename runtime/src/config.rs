@@ -167,6 +167,11 @@ impl Default for ProducerConfig {
 pub struct ConsumerConfig {
     pub batch_max_records: usize,
     pub flush_interval_ms: u64,
+    /// Batches written to PostgreSQL at once (each on its own pooled connection) while the
+    /// next one fills. More writers than the database has cores to give them only makes each
+    /// row dearer: concurrent COPYs into the same indexes wait on each other's page locks
+    /// (`make bench` on 2 cores: 4 at once stored fewer rows per second than 2).
+    pub max_batches_in_flight: usize,
     pub retry_initial_backoff_ms: u64,
     pub retry_max_backoff_ms: u64,
 }
@@ -176,6 +181,7 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             batch_max_records: 500,
             flush_interval_ms: 1000,
+            max_batches_in_flight: 2,
             retry_initial_backoff_ms: 200,
             retry_max_backoff_ms: 30_000,
         }
@@ -321,6 +327,10 @@ impl Config {
             self.kafka.consumer.flush_interval_ms,
         )?;
         positive(
+            "kafka.consumer.max_batches_in_flight",
+            self.kafka.consumer.max_batches_in_flight as u64,
+        )?;
+        positive(
             "kafka.producer.batch_max_records",
             self.kafka.producer.batch_max_records as u64,
         )?;
@@ -387,6 +397,15 @@ impl Config {
         }
         if !["json", "text"].contains(&self.log.format.as_str()) {
             return Err(invalid("log.format", "must be `json` or `text`"));
+        }
+        if self.kafka.consumer.max_batches_in_flight > self.database.pool_max_connections as usize {
+            return Err(invalid(
+                "kafka.consumer.max_batches_in_flight",
+                format!(
+                    "{} exceeds database.pool_max_connections {}: each batch in flight holds a connection",
+                    self.kafka.consumer.max_batches_in_flight, self.database.pool_max_connections
+                ),
+            ));
         }
         if self.kafka.consumer.retry_initial_backoff_ms > self.kafka.consumer.retry_max_backoff_ms {
             return Err(invalid(
@@ -532,6 +551,7 @@ mod tests {
         assert_eq!(c.kafka.consumer_group, "openg2p-audit-consumer");
         assert_eq!(c.kafka.consumer.batch_max_records, 500);
         assert_eq!(c.kafka.consumer.flush_interval_ms, 1000);
+        assert_eq!(c.kafka.consumer.max_batches_in_flight, 2);
         assert_eq!(c.database.partition_pre_create_months, 3);
         assert_eq!(c.database.partition_retention_months, 84);
         assert_eq!(c.database.partition_check_interval_seconds, 3600);
@@ -601,6 +621,17 @@ mod tests {
         assert!(e.contains("database.port"), "{e}");
         let e = error_of(&[("AUDIT_MANAGER__KAFKA__PRODUCER__COMPRESSION", "brotli")]);
         assert!(e.contains("kafka.producer.compression"), "{e}");
+        let e = error_of(&[("AUDIT_MANAGER__KAFKA__CONSUMER__MAX_BATCHES_IN_FLIGHT", "0")]);
+        assert!(e.contains("kafka.consumer.max_batches_in_flight"), "{e}");
+        let e = error_of(&[
+            ("AUDIT_MANAGER__KAFKA__CONSUMER__MAX_BATCHES_IN_FLIGHT", "3"),
+            ("AUDIT_MANAGER__DATABASE__POOL_MAX_CONNECTIONS", "2"),
+        ]);
+        assert!(
+            e.contains("kafka.consumer.max_batches_in_flight")
+                && e.contains("database.pool_max_connections"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -152,20 +152,29 @@ fn copy_line(out: &mut String, r: &Row) {
         }
         match field {
             None => out.push_str("\\N"),
-            Some(v) => {
-                for c in v.chars() {
-                    match c {
-                        '\\' => out.push_str("\\\\"),
-                        '\t' => out.push_str("\\t"),
-                        '\n' => out.push_str("\\n"),
-                        '\r' => out.push_str("\\r"),
-                        c => out.push(c),
-                    }
-                }
-            }
+            Some(v) => push_escaped(out, v),
         }
     }
     out.push('\n');
+}
+
+/// Appends `v` with COPY text's separators and backslash escaped, copying the runs between
+/// them whole (the escaped bytes are ASCII, so every cut is on a character boundary).
+fn push_escaped(out: &mut String, v: &str) {
+    let mut start = 0;
+    for (i, b) in v.bytes().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => continue,
+        };
+        out.push_str(&v[start..i]);
+        out.push_str(escaped);
+        start = i + 1;
+    }
+    out.push_str(&v[start..]);
 }
 
 /// The multi-row INSERT that skips rows already stored.
@@ -302,6 +311,16 @@ mod tests {
         assert_eq!(fields[3], "\\N", "no subject: NULL");
         assert_eq!(fields[13], "\\N", "no details: NULL");
         assert_eq!(fields[4], "2026-11-02T03:48:55Z");
+    }
+
+    #[test]
+    fn escaping_keeps_multibyte_text_whole() {
+        let mut out = String::new();
+        push_escaped(&mut out, "ünï\tcødé\\ 監査\n");
+        assert_eq!(out, "ünï\\tcødé\\\\ 監査\\n");
+        out.clear();
+        push_escaped(&mut out, "plain");
+        assert_eq!(out, "plain");
     }
 
     #[test]

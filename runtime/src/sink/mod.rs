@@ -74,8 +74,7 @@ impl Sink {
     /// Consumes until `stop` turns true, then finishes the batches in hand and commits them.
     ///
     /// A batch is cut at `batch_max_records` or `flush_interval_ms` after its first record. Up
-    /// to `database.pool_max_connections` batches are written at once while the next one
-    /// fills; offsets are committed strictly in batch order, each as soon as its batch and every
+    /// to `max_batches_in_flight` batches are written at once while the next one fills; offsets are committed strictly in batch order, each as soon as its batch and every
     /// batch before it are in the database (or the DLQ).
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.config.kafka.topic])?;
@@ -89,7 +88,7 @@ impl Sink {
         let sink = Arc::new(self);
         let max = sink.config.kafka.consumer.batch_max_records;
         let flush = Duration::from_millis(sink.config.kafka.consumer.flush_interval_ms);
-        let depth = sink.config.database.pool_max_connections.max(1) as usize;
+        let depth = sink.config.kafka.consumer.max_batches_in_flight.max(1);
         let known = Arc::new(Mutex::new(HashSet::new()));
         let mut writing: VecDeque<JoinHandle<Option<Offsets>>> = VecDeque::new();
         // The batch being filled lives here, outside the select below, so nothing received is
