@@ -74,8 +74,9 @@ impl Sink {
     /// Consumes until `stop` turns true, then finishes the batches in hand and commits them.
     ///
     /// A batch is cut at `batch_max_records` or `flush_interval_ms` after its first record. Up
-    /// to `max_batches_in_flight` batches are written at once while the next one fills; offsets are committed strictly in batch order, each as soon as its batch and every
-    /// batch before it are in the database (or the DLQ).
+    /// to `max_batches_in_flight` batches are written at once while the next one fills; offsets
+    /// are committed strictly in batch order, each as soon as its batch and every batch before
+    /// it are in the database (or the DLQ).
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.config.kafka.topic])?;
         self.health.set_consumer_alive(true);

@@ -1,9 +1,9 @@
 //! `make bench` (sink part), in one run against real PostgreSQL and Kafka: the sink alone (a
 //! Kafka backlog → rows), the end-to-end rate (events POSTed → rows committed), PostgreSQL's
 //! raw COPY ceiling for the same rows (those the end-to-end phase stored, COPYed again), the
-//! multi-row
-//! `INSERT ... SELECT FROM unnest(...)` fallback, and time-to-visible at a steady rate. Every
-//! rate is measured into an emptied `audit_events`, so each writes the same index depth.
+//! multi-row `INSERT ... SELECT FROM unnest(...)` fallback, and time-to-visible at a steady
+//! rate. Every rate is measured into an emptied `audit_events`, so each writes the same index
+//! depth.
 //!
 //! Usage: bench-sink [--rows N] [--seconds N] [--rate EVENTS_PER_S]
 
