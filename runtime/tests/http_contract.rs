@@ -164,6 +164,19 @@ async fn every_schema_rule_is_rejected_with_its_code_and_field_path() {
             "data.resource.type",
         ),
         ("data.reason", Some(json!(["x"])), "data.reason"),
+        // What PostgreSQL could never store is refused before the 202.
+        ("data.action", Some(json!("log\u{0}in")), "data.action"),
+        (
+            "data.changes",
+            Some(json!({"phone": {"new": "\u{0}"}})),
+            "data.changes.phone.new",
+        ),
+        ("id", Some(json!("i".repeat(1025))), "id"),
+        (
+            "data.actor.id",
+            Some(json!("a".repeat(1025))),
+            "data.actor.id",
+        ),
     ];
     for (field, value, path) in cases {
         let shown = format!("{field} = {value:?}");

@@ -24,6 +24,19 @@ const KNOWN: [&str; 11] = [
 ];
 const ACTOR_TYPES: [&str; 4] = ["user", "system", "service", "anonymous"];
 const OUTCOMES: [&str; 3] = ["success", "failure", "denied"];
+/// The longest value, in bytes, of a string that becomes an indexed column (id, source, type,
+/// actor id, resource type and id). A B-tree index entry holds at most about 2.7 kB, and a row
+/// PostgreSQL cannot index would be refused by the database long after its 202.
+pub const MAX_INDEXED_BYTES: usize = 1024;
+/// The indexed strings, by field path.
+const INDEXED: [&str; 6] = [
+    "id",
+    "source",
+    "type",
+    "data.actor.id",
+    "data.resource.type",
+    "data.resource.id",
+];
 
 /// The limits an event is checked against.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +157,10 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
         Some(Value::Object(data)) => check_data(data, &mut errors),
         other => errors.push(missing_or_type("data", other.map(|v| &*v), "an object")),
     }
+    check_indexed(&event, &mut errors);
+    if event.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        report_nul(&event, "", &mut errors);
+    }
 
     if !errors.is_empty() {
         return Err(Invalid::Fields(errors));
@@ -260,6 +277,71 @@ fn check_data(data: &mut Map<String, Value>, errors: &mut Vec<FieldError>) {
             "data.reason",
             format!("must be a string, not {}", kind(v)),
         ));
+    }
+}
+
+/// PostgreSQL indexes these columns; a value too long for an index entry can never be stored.
+fn check_indexed(event: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    for path in INDEXED {
+        let mut keys = path.split('.');
+        let first = keys.next().and_then(|k| event.get(k));
+        let value = keys.fold(first, |v, k| v.and_then(|v| v.get(k)));
+        if let Some(Value::String(s)) = value
+            && s.len() > MAX_INDEXED_BYTES
+        {
+            errors.push(FieldError::new(
+                path,
+                format!(
+                    "must be at most {MAX_INDEXED_BYTES} bytes (it is an indexed column), got {}",
+                    s.len()
+                ),
+            ));
+        }
+    }
+}
+
+/// Whether a U+0000 hides anywhere in `value` (a walk without allocation: the common case).
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Object(inner) => inner.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Array(items) => items.iter().any(has_nul),
+        _ => false,
+    }
+}
+
+/// PostgreSQL text and jsonb cannot hold U+0000, anywhere: not in a value, not in a key. One
+/// error per place it occurs.
+fn report_nul(map: &Map<String, Value>, prefix: &str, errors: &mut Vec<FieldError>) {
+    for (key, value) in map {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if key.contains('\0') {
+            errors.push(FieldError::new(
+                path.clone(),
+                "the key contains U+0000 (NUL), which PostgreSQL cannot store",
+            ));
+        }
+        check_value_no_nul(value, path, errors);
+    }
+}
+
+fn check_value_no_nul(value: &Value, path: String, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::String(s) if s.contains('\0') => errors.push(FieldError::new(
+            path,
+            "contains U+0000 (NUL), which PostgreSQL cannot store",
+        )),
+        Value::Object(inner) => report_nul(inner, &path, errors),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_value_no_nul(item, format!("{path}[{i}]"), errors);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -704,6 +786,55 @@ mod tests {
     #[test]
     fn a_non_object_is_refused_at_the_root() {
         assert_eq!(refused(json!([1, 2])), [""]);
+    }
+
+    #[test]
+    fn nul_is_refused_wherever_it_hides() {
+        let mut event = with(
+            login(),
+            "/data/changes",
+            Some(json!({"note": ["ok", "a\u{0}b"]})),
+        );
+        event = with(event, "/data/actor/name", Some(json!("x\u{0}")));
+        event = with(event, "/data/context", Some(json!({"k\u{0}": 1})));
+        assert_eq!(
+            refused(event),
+            vec![
+                "data.actor.name".to_string(),
+                "data.changes.note[1]".to_string(),
+                "data.context.k\u{0}".to_string()
+            ]
+        );
+        let nul_id = with(login(), "/id", Some(json!("demo\u{0}")));
+        assert_eq!(refused(nul_id), vec!["id".to_string()]);
+    }
+
+    #[test]
+    fn indexed_strings_must_fit_an_index_entry() {
+        let long = "x".repeat(MAX_INDEXED_BYTES + 1);
+        let just = "x".repeat(MAX_INDEXED_BYTES);
+        for pointer in ["/id", "/source", "/type", "/data/actor/id"] {
+            assert_eq!(
+                refused(with(login(), pointer, Some(json!(long)))),
+                vec![pointer.trim_start_matches('/').replace('/', ".")],
+                "{pointer}"
+            );
+            assert!(
+                validate(with(login(), pointer, Some(json!(just))), &limits(), now()).is_ok(),
+                "{pointer} at the limit"
+            );
+        }
+        let resource = json!({"type": long, "id": long});
+        assert_eq!(
+            refused(with(login(), "/data/resource", Some(resource))),
+            vec![
+                "data.resource.type".to_string(),
+                "data.resource.id".to_string()
+            ]
+        );
+        // Not indexed: a long subject or action is fine.
+        let subject = with(login(), "/subject", Some(json!(long)));
+        assert!(validate(subject, &limits(), now()).is_ok());
     }
 
     #[test]
