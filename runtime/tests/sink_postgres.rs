@@ -522,6 +522,110 @@ async fn poison_records_go_to_the_dlq_with_headers_and_neighbours_are_stored() {
     drop(runtime);
 }
 
+/// A row PostgreSQL refuses for its content (here a CHECK constraint an administrator added)
+/// would fail its batch on every retry and stop the sink for good. It goes to the DLQ instead,
+/// its batch neighbours are stored, and the offsets move on. Records PostgreSQL could never
+/// store (NUL, an id too long for the primary key) that reach Kafka without the ingest API are
+/// refused by the sink's validation before they get that far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_postgres_refuses_go_to_the_dlq_and_their_batch_is_stored() {
+    let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
+    let s = setup(kafka, pg).await;
+    let admin = sqlx::PgPool::connect(&pg.superuser_url(&s.db.name))
+        .await
+        .expect("admin");
+    sqlx::raw_sql(
+        "ALTER TABLE audit_events ADD CONSTRAINT no_forbidden CHECK (action <> 'forbidden')",
+    )
+    .execute(&admin)
+    .await
+    .expect("add constraint");
+    let runtime = s.start(kafka);
+    let event = |n: usize, edit: &dyn Fn(&mut Value)| {
+        let mut e = generated(n, "refused");
+        edit(&mut e);
+        serde_json::to_vec(&e).expect("json")
+    };
+    let records: Vec<(Option<&str>, Vec<u8>)> = vec![
+        (Some("k"), event(1, &|_| {})),
+        (
+            Some("k"),
+            event(2, &|e| e["data"]["action"] = json!("forbidden")),
+        ),
+        (Some("k"), event(3, &|_| {})),
+        (
+            Some("k"),
+            event(4, &|e| e["data"]["context"] = json!({"note": "a\u{0}b"})),
+        ),
+        (Some("k"), event(5, &|e| e["id"] = json!("x".repeat(3000)))),
+        (Some("k"), event(6, &|_| {})),
+    ];
+    produce(kafka, &s.topic, &records).await;
+    let reader = s.db.connect("reader").await;
+    let count = "SELECT count(*) FROM audit_events";
+    assert_eq!(
+        wait_count(&reader, count, 3, Duration::from_secs(30)).await,
+        3,
+        "the neighbours are stored"
+    );
+    let dlq = read_topic(&kafka.bootstrap(), &s.dlq, 3, Duration::from_secs(30));
+    let reasons: Vec<(&str, &str)> = dlq
+        .iter()
+        .map(|r| {
+            (
+                r.headers["audit-dlq-original-offset"].as_str(),
+                r.headers["audit-dlq-reason"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(dlq.len(), 3, "{reasons:?}");
+    let reason_of = |offset: &str| {
+        reasons
+            .iter()
+            .find(|(o, _)| *o == offset)
+            .map(|(_, r)| *r)
+            .unwrap_or_else(|| panic!("no DLQ record for offset {offset}: {reasons:?}"))
+    };
+    // One partition key, so the offsets are 0..6 in the order produced.
+    assert!(
+        reason_of("1").starts_with("refused by PostgreSQL: ")
+            && reason_of("1").contains("no_forbidden"),
+        "{reasons:?}"
+    );
+    assert!(
+        reason_of("3").starts_with("invalid event: data.context.note: contains U+0000"),
+        "{reasons:?}"
+    );
+    assert!(
+        reason_of("4").starts_with("invalid event: id: must be at most 1024 bytes"),
+        "{reasons:?}"
+    );
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events ORDER BY id")
+        .fetch_all(&reader)
+        .await
+        .expect("ids");
+    assert_eq!(ids, ["refused-1", "refused-3", "refused-6"]);
+    // Nothing is left to retry: the offsets moved past all six, and a later event is stored.
+    wait_lag_zero(&runtime).await;
+    produce(kafka, &s.topic, &[(Some("k"), event(7, &|_| {}))]).await;
+    assert_eq!(
+        wait_count(&reader, count, 4, Duration::from_secs(30)).await,
+        4
+    );
+    let answer = HttpClient::connect(&runtime.address())
+        .await
+        .expect("connect")
+        .get("/v1/auditmanager/metrics")
+        .await
+        .expect("metrics");
+    let metrics = String::from_utf8_lossy(&answer.body);
+    assert!(
+        metrics.contains("audit_dlq_records_total{reason=\"refused_by_database\"} 1"),
+        "{metrics}"
+    );
+    drop(runtime);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_rebalance_without_loss_or_duplicates() {
     let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());

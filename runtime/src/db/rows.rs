@@ -86,6 +86,14 @@ pub fn to_row(event: ValidEvent) -> Row {
 const COPY: &str = "COPY audit_events (id, source, type, subject, occurred_at, actor_type, actor_id, \
                     resource_type, resource_id, action, outcome, reason, trace_id, details) FROM STDIN";
 
+/// What became of a batch: rows inserted, and the rows PostgreSQL refused for their content
+/// (their index in the batch and the database's message).
+#[derive(Debug, Default, PartialEq)]
+pub struct Stored {
+    pub inserted: u64,
+    pub rejected: Vec<(usize, String)>,
+}
+
 /// Stores `rows` in one transaction; rows already present (same source, id, occurred_at) are
 /// skipped. Returns the rows inserted.
 ///
@@ -93,21 +101,77 @@ const COPY: &str = "COPY audit_events (id, source, type, subject, occurred_at, a
 /// `make bench`); COPY cannot skip duplicates, so a batch that meets one (a replay after a
 /// crash or a rebalance) fails whole, leaves nothing behind, and is stored again by
 /// `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING`.
-pub async fn insert(pool: &PgPool, rows: &[Row]) -> Result<u64, DbError> {
+///
+/// A batch PostgreSQL refuses for the content of a row (a data exception, a constraint, a
+/// value too large to index) would fail again on every retry and stop the sink for good; it is
+/// stored row by row instead, and the refused rows are returned for the DLQ. Any other error
+/// (connection, shutdown, disk) is returned: the caller keeps the batch and retries it whole.
+pub async fn insert(pool: &PgPool, rows: &[Row]) -> Result<Stored, DbError> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Stored::default());
     }
-    match copy(pool, rows).await {
-        Ok(n) => Ok(n),
-        Err(e) if is_unique_violation(&e) => insert_skipping_duplicates(pool, rows).await,
-        Err(e) => Err(e).context(|| format!("copying {} rows into audit_events", rows.len())),
+    let failed = match copy(pool, rows).await {
+        Ok(inserted) => {
+            return Ok(Stored {
+                inserted,
+                rejected: Vec::new(),
+            });
+        }
+        Err(e) if is_unique_violation(&e) => match insert_skipping_duplicates(pool, rows).await {
+            Ok(inserted) => {
+                return Ok(Stored {
+                    inserted,
+                    rejected: Vec::new(),
+                });
+            }
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    if !refuses_the_content(&failed) {
+        return Err(failed).context(|| format!("inserting {} rows into audit_events", rows.len()));
     }
+    tracing::warn!(error = %failed, rows = rows.len(), "PostgreSQL refused a row of the batch; storing it row by row");
+    let mut stored = Stored::default();
+    for (i, row) in rows.iter().enumerate() {
+        match insert_skipping_duplicates(pool, std::slice::from_ref(row)).await {
+            Ok(n) => stored.inserted += n,
+            Err(e) if refuses_the_content(&e) => {
+                let message = e
+                    .as_database_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string());
+                stored.rejected.push((i, message));
+            }
+            Err(e) => {
+                return Err(e).context(|| {
+                    format!(
+                        "inserting row {i} of {} into audit_events, one by one",
+                        rows.len()
+                    )
+                });
+            }
+        }
+    }
+    Ok(stored)
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
+    sqlstate(e).is_some_and(|c| c == "23505")
+}
+
+/// SQLSTATE classes that blame the row, not the database: 22 data exception, 23 integrity
+/// constraint (a duplicate is skipped, never refused), 54 program limit exceeded.
+fn refuses_the_content(e: &sqlx::Error) -> bool {
+    sqlstate(e).is_some_and(|c| {
+        c != "23505" && (c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+    })
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error()
         .and_then(|d| d.code())
-        .is_some_and(|c| c == "23505")
+        .map(|c| c.into_owned())
 }
 
 async fn copy(pool: &PgPool, rows: &[Row]) -> Result<u64, sqlx::Error> {
@@ -178,7 +242,7 @@ fn push_escaped(out: &mut String, v: &str) {
 }
 
 /// The multi-row INSERT that skips rows already stored.
-async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, DbError> {
+async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -210,8 +274,7 @@ async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, 
     .bind(column!(trace_id))
     .bind(column!(details))
     .execute(pool)
-    .await
-    .context(|| format!("inserting {} rows into audit_events", rows.len()))?;
+    .await?;
     Ok(result.rows_affected())
 }
 

@@ -17,6 +17,9 @@ pub const PARTITION: &str = "audit-dlq-original-partition";
 pub const OFFSET: &str = "audit-dlq-original-offset";
 pub const FIRST_SEEN: &str = "audit-dlq-first-seen";
 
+/// How the reason of a row PostgreSQL refused begins; the database's message follows.
+pub const REFUSED_BY_DATABASE: &str = "refused by PostgreSQL: ";
+
 /// A metric label for a DLQ reason.
 pub fn kind(reason: &str) -> &'static str {
     if reason.starts_with("not JSON") {
@@ -25,6 +28,8 @@ pub fn kind(reason: &str) -> &'static str {
         "invalid_event"
     } else if reason.starts_with("no partition") {
         "no_partition"
+    } else if reason.starts_with(REFUSED_BY_DATABASE) {
+        "refused_by_database"
     } else {
         "other"
     }

@@ -237,17 +237,12 @@ impl Sink {
             ));
         }
         for (m, p) in &poison {
-            tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %p.reason, "record to the DLQ");
-            dlq::send(&self.dlq, &self.config.kafka.dlq_topic, m, &p.reason, now).await;
-            self.metrics
-                .dlq_records
-                .with_label_values(&[dlq::kind(&p.reason)])
-                .inc();
+            self.to_dlq(m, &p.reason, now).await;
         }
-        let rows: Vec<Row> = stored.into_iter().map(|(r, _)| r).collect();
+        let (rows, messages): (Vec<Row>, Vec<OwnedMessage>) = stored.into_iter().unzip();
         if !rows.is_empty() {
             let started = Instant::now();
-            let inserted = self
+            let stored = self
                 .retry(stop, "inserting a batch", || {
                     rows::insert(&self.pool, &rows)
                 })
@@ -256,12 +251,32 @@ impl Sink {
                 .sink_insert_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.sink_batch_size.observe(rows.len() as f64);
-            self.metrics.rows_written.inc_by(inserted);
+            self.metrics.rows_written.inc_by(stored.inserted);
             self.metrics
                 .rows_duplicate
-                .inc_by(rows.len() as u64 - inserted);
+                .inc_by((rows.len() - stored.rejected.len()) as u64 - stored.inserted);
+            for (i, why) in &stored.rejected {
+                let reason = format!("{}{why}", dlq::REFUSED_BY_DATABASE);
+                if let Some(m) = messages.get(*i) {
+                    self.to_dlq(m, &reason, now).await;
+                }
+            }
         }
         Some(offsets)
+    }
+
+    async fn to_dlq(&self, m: &OwnedMessage, reason: &str, now: DateTime<Utc>) {
+        tracing::warn!(
+            partition = m.partition(),
+            offset = m.offset(),
+            reason,
+            "record to the DLQ"
+        );
+        dlq::send(&self.dlq, &self.config.kafka.dlq_topic, m, reason, now).await;
+        self.metrics
+            .dlq_records
+            .with_label_values(&[dlq::kind(reason)])
+            .inc();
     }
 
     /// Runs `step` until it succeeds, pausing fetching and backing off while it fails; None
