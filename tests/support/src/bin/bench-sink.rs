@@ -185,27 +185,38 @@ fn cpu_seconds(comm: &str) -> f64 {
     total as f64 / ticks
 }
 
-/// Where CPU went between two samples.
-struct Cpu(f64, f64, f64);
+/// Where CPU went between two samples: the runtime, PostgreSQL, the broker, and this process
+/// (the load generator, which in production would run on other machines).
+struct Cpu([f64; 4]);
 
 impl Cpu {
+    const NAMES: [&str; 4] = ["audit-manager", "postgres", "java", "bench-sink"];
+
     fn now() -> Cpu {
-        Cpu(
-            cpu_seconds("audit-manager"),
-            cpu_seconds("postgres"),
-            cpu_seconds("java"),
-        )
+        Cpu(Cpu::NAMES.map(cpu_seconds))
     }
 
-    fn since(&self, elapsed: Duration) -> String {
+    /// Cores busy per process over `elapsed`, and CPU microseconds per item when `items` > 0.
+    fn since(&self, elapsed: Duration, items: u64) -> String {
         let now = Cpu::now();
         let s = elapsed.as_secs_f64();
-        format!(
-            "CPU cores busy: audit-manager {:.2}, postgres {:.2}, kafka {:.2}",
-            (now.0 - self.0) / s,
-            (now.1 - self.1) / s,
-            (now.2 - self.2) / s
-        )
+        let label = ["audit-manager", "postgres", "kafka", "generator"];
+        let parts: Vec<String> = (0..4)
+            .map(|i| {
+                let used = now.0[i] - self.0[i];
+                if items > 0 {
+                    format!(
+                        "{} {:.2} ({:.1} µs each)",
+                        label[i],
+                        used / s,
+                        used * 1e6 / items as f64
+                    )
+                } else {
+                    format!("{} {:.2}", label[i], used / s)
+                }
+            })
+            .collect();
+        format!("CPU cores busy: {}", parts.join(", "))
     }
 }
 
@@ -320,7 +331,7 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
     println!(
         "{:<34} {sink_only:>10.0} rows/s  ({backlog} events already in Kafka, into an empty table; {})",
         "sink only: Kafka backlog → rows",
-        cpu.since(took)
+        cpu.since(took, backlog)
     );
     let batches = metric(&mut client, "audit_sink_batch_size_count").await;
     println!(
@@ -358,7 +369,7 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
         "{:<34} {e2e:>10.0} events/s  ({sent} events POSTed in batches of 500 until all are rows, into an empty table)",
         "end to end: POST → rows committed",
     );
-    println!("{:<34} {}", "", cpu.since(done - started));
+    println!("{:<34} {}", "", cpu.since(done - started, sent));
 
     // The ceiling: the very rows the end-to-end phase stored, in the order it stored them,
     // COPYed again into the emptied table in one COPY on one connection, so both write the same
@@ -375,7 +386,7 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
     println!(
         "{:<34} {ceiling:>10.0} rows/s  ({sent} rows the end-to-end phase stored, in its order, into an empty table, one connection, one COPY; {})",
         "raw ceiling: COPY into audit_events",
-        cpu.since(started.elapsed())
+        cpu.since(started.elapsed(), sent)
     );
     drop(stored);
     // For reference: as many synthetic rows of the same shape whose ids come in sequence,
