@@ -22,8 +22,8 @@ const KNOWN: [&str; 11] = [
     "data_base64",
     "traceparent",
 ];
-const ACTOR_TYPES: [&str; 4] = ["user", "system", "service", "anonymous"];
-const OUTCOMES: [&str; 3] = ["success", "failure", "denied"];
+pub(crate) const ACTOR_TYPES: [&str; 4] = ["user", "system", "service", "anonymous"];
+pub(crate) const OUTCOMES: [&str; 3] = ["success", "failure", "denied"];
 /// The longest value, in bytes, of a string that becomes an indexed column (id, source, type,
 /// actor id, resource type and id). A B-tree index entry holds at most about 2.7 kB, and a row
 /// PostgreSQL cannot index would be refused by the database long after its 202.
@@ -134,11 +134,7 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
         if KNOWN.contains(&name.as_str()) {
             continue;
         }
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
+        if !is_extension_name(name) {
             errors.push(FieldError::new(
                 name.clone(),
                 "extension attribute names must be lowercase letters and digits only",
@@ -301,7 +297,7 @@ fn check_indexed(event: &Map<String, Value>, errors: &mut Vec<FieldError>) {
 }
 
 /// Whether a U+0000 hides anywhere in `value` (a walk without allocation: the common case).
-fn has_nul(value: &Value) -> bool {
+pub(crate) fn has_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
         Value::Object(inner) => inner.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
@@ -362,44 +358,55 @@ fn check_time(
             return None;
         }
     };
+    match parse_time(text, limits, now) {
+        Ok(at) => Some(at),
+        Err(why) => {
+            errors.push(FieldError::new("time", why));
+            None
+        }
+    }
+}
+
+/// `time` as an instant inside the accepted window, or why not.
+pub(crate) fn parse_time(
+    text: &str,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, String> {
     let Ok(parsed) = DateTime::parse_from_rfc3339(text) else {
-        errors.push(FieldError::new(
-            "time",
-            format!(
-                "\"{text}\" is not an RFC 3339 timestamp with an offset (date, time and Z or ±hh:mm), e.g. 2026-04-22T14:03:21Z"
-            ),
+        return Err(format!(
+            "\"{text}\" is not an RFC 3339 timestamp with an offset (date, time and Z or ±hh:mm), e.g. 2026-04-22T14:03:21Z"
         ));
-        return None;
     };
     let at = parsed.with_timezone(&Utc);
     let skew =
         chrono::Duration::from_std(limits.max_future_skew).unwrap_or(chrono::Duration::hours(1));
     if at > now + skew {
-        errors.push(FieldError::new(
-            "time",
-            format!(
-                "{text} lies more than {}s in the future",
-                limits.max_future_skew.as_secs()
-            ),
+        return Err(format!(
+            "{text} lies more than {}s in the future",
+            limits.max_future_skew.as_secs()
         ));
-        return None;
     }
     if let Some(start) = limits.window_start(now)
         && at < start
     {
-        errors.push(FieldError::new(
-            "time",
-            format!(
-                "{text} is older than the retention window, which starts at {}",
-                start.format("%Y-%m-%dT%H:%M:%SZ")
-            ),
+        return Err(format!(
+            "{text} is older than the retention window, which starts at {}",
+            start.format("%Y-%m-%dT%H:%M:%SZ")
         ));
-        return None;
     }
-    Some(at)
+    Ok(at)
 }
 
-fn is_json_media_type(ct: &str) -> bool {
+/// Extension attribute names are lowercase letters and digits only.
+pub(crate) fn is_extension_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+pub(crate) fn is_json_media_type(ct: &str) -> bool {
     let essence = ct
         .split(';')
         .next()

@@ -6,7 +6,10 @@
 //! once the DLQ has it. A database error keeps the batch and retries it with capped exponential
 //! backoff while fetching is paused: nothing is skipped and nothing is committed past it.
 
+mod decode;
 pub mod dlq;
+
+pub use decode::decode;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::db::partitions::{self, Month};
 use crate::db::rows::{self, Row};
-use crate::event::{self, Invalid, Limits};
+use crate::event::Limits;
 use crate::health::{Check, Health};
 use crate::metrics::Metrics;
 
@@ -368,31 +371,6 @@ impl Sink {
             tracing::warn!(error = %e, "offset commit failed; the batch may be re-read (rows stay single)");
         }
     }
-}
-
-/// Parses and validates one record value into a row.
-pub fn decode(payload: Option<&[u8]>, limits: &Limits, now: DateTime<Utc>) -> Result<Row, Poison> {
-    let bytes = payload.ok_or_else(|| Poison {
-        reason: "empty record: no value".into(),
-    })?;
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Poison {
-        reason: format!("not JSON: {e}"),
-    })?;
-    let event = event::validate(value, limits, now).map_err(|e| Poison {
-        reason: match e {
-            Invalid::Fields(f) => format!(
-                "invalid event: {}",
-                f.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-            Invalid::TooLarge { size, limit } => {
-                format!("invalid event: {size} bytes over {limit}")
-            }
-        },
-    })?;
-    Ok(rows::to_row(event))
 }
 
 /// Every 10 s: lag of the partitions assigned to this consumer (high watermark minus the
