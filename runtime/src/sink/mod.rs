@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
+use futures::FutureExt;
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -49,12 +50,26 @@ pub fn build_consumer(config: &Config) -> Result<StreamConsumer, KafkaError> {
 /// The next offset to commit, per partition.
 type Offsets = BTreeMap<i32, i64>;
 
-/// A decoded batch waiting to be written.
-struct Prepared {
+/// A batch: filled with records decoded as they arrive, cut at its size or deadline, then
+/// written.
+#[derive(Default)]
+struct Batch {
     offsets: Offsets,
     good: Vec<(Row, OwnedMessage)>,
     poison: Vec<(OwnedMessage, Poison)>,
+    /// The clock the batch is validated against: its first record's arrival.
     now: DateTime<Utc>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.good.len() + self.poison.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Why a record went to the DLQ.
@@ -96,21 +111,24 @@ impl Sink {
         let known = Arc::new(Mutex::new(HashSet::new()));
         let mut writing: VecDeque<JoinHandle<Option<Offsets>>> = VecDeque::new();
         // The batch being filled lives here, outside the select below, so nothing received is
-        // ever dropped when another branch wins.
-        let mut batch: Vec<OwnedMessage> = Vec::new();
-        let mut deadline: Option<tokio::time::Instant> = None;
+        // ever dropped when another branch wins. Each record is decoded as it arrives, so a
+        // batch is ready to write the moment it is cut.
+        let mut batch = Batch::default();
         let mut stopping = *stop.borrow();
         let mut failed = false;
         loop {
-            let due = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
-            if !batch.is_empty() && (batch.len() >= max || due || stopping) && writing.len() < depth
+            let due = batch
+                .deadline
+                .is_some_and(|d| d <= tokio::time::Instant::now());
+            if !batch.is_empty()
+                && (batch.len() >= max || due || stopping)
+                && writing.len() < depth
             {
-                let prepared = sink.prepare(std::mem::take(&mut batch));
-                deadline = None;
+                let full = std::mem::take(&mut batch);
                 let (me, stop, known) = (Arc::clone(&sink), stop.clone(), Arc::clone(&known));
                 writing.push_back(tokio::spawn(async move {
                     let mut stop = stop;
-                    me.write(prepared, &known, &mut stop).await
+                    me.write(full, &known, &mut stop).await
                 }));
                 continue;
             }
@@ -124,6 +142,7 @@ impl Sink {
                     None => std::future::pending().await,
                 }
             };
+            let deadline = batch.deadline;
             let flush_due = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -146,8 +165,15 @@ impl Sink {
                 _ = stop.changed(), if !stopping => stopping = true,
                 message = sink.consumer.recv(), if !stopping && batch.len() < max => match message {
                     Ok(m) => {
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + flush);
-                        batch.push(m.detach());
+                        sink.add(&mut batch, m, flush);
+                        // Take what librdkafka already holds without another round of the
+                        // select (and its timer) per record.
+                        while batch.len() < max {
+                            match sink.consumer.recv().now_or_never() {
+                                Some(Ok(m)) => sink.add(&mut batch, m, flush),
+                                _ => break,
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "consumer error");
@@ -170,45 +196,40 @@ impl Sink {
         Ok(())
     }
 
-    /// Decodes a batch: rows, poison records and the offsets to commit.
-    fn prepare(&self, batch: Vec<OwnedMessage>) -> Prepared {
+    /// Decodes a received record into the batch being filled.
+    fn add(&self, batch: &mut Batch, message: BorrowedMessage<'_>, flush: Duration) {
+        if batch.deadline.is_none() {
+            batch.deadline = Some(tokio::time::Instant::now() + flush);
+            batch.now = Utc::now();
+        }
         let limits = Limits {
             max_event_bytes: usize::MAX,
             max_future_skew: self.config.max_future_skew(),
             retention_months: self.config.database.partition_retention_months,
         };
-        let now = Utc::now();
-        let mut prepared = Prepared {
-            offsets: BTreeMap::new(),
-            good: Vec::new(),
-            poison: Vec::new(),
-            now,
-        };
-        for m in batch {
-            let next = prepared.offsets.entry(m.partition()).or_insert(0);
-            *next = (*next).max(m.offset() + 1);
-            match decode(m.payload(), &limits, now) {
-                Ok(row) => prepared.good.push((row, m)),
-                Err(p) => prepared.poison.push((m, p)),
-            }
+        let next = batch.offsets.entry(message.partition()).or_insert(0);
+        *next = (*next).max(message.offset() + 1);
+        match decode(message.payload(), &limits, batch.now) {
+            Ok(row) => batch.good.push((row, message.detach())),
+            Err(p) => batch.poison.push((message.detach(), p)),
         }
-        prepared
     }
 
     /// Writes one batch (rows and DLQ records) and returns the offsets to commit once every
     /// earlier batch is written too; None when stopped before the batch could be written.
     async fn write(
         &self,
-        prepared: Prepared,
+        batch: Batch,
         known: &Mutex<HashSet<Month>>,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<Offsets> {
-        let Prepared {
+        let Batch {
             offsets,
             good,
             mut poison,
             now,
-        } = prepared;
+            deadline: _,
+        } = batch;
         // Rows whose month has no partition cannot be stored: they go to the DLQ as well.
         let needed: HashSet<Month> = good.iter().map(|(r, _)| Month::of(r.occurred_at)).collect();
         let mut placeable = known.lock().unwrap_or_else(|p| p.into_inner()).clone();
