@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use futures::FutureExt;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -120,9 +120,7 @@ impl Sink {
             let due = batch
                 .deadline
                 .is_some_and(|d| d <= tokio::time::Instant::now());
-            if !batch.is_empty()
-                && (batch.len() >= max || due || stopping)
-                && writing.len() < depth
+            if !batch.is_empty() && (batch.len() >= max || due || stopping) && writing.len() < depth
             {
                 let full = std::mem::take(&mut batch);
                 let (me, stop, known) = (Arc::clone(&sink), stop.clone(), Arc::clone(&known));
