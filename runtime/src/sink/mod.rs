@@ -169,7 +169,11 @@ impl Sink {
                         while batch.len() < max {
                             match sink.consumer.recv().now_or_never() {
                                 Some(Ok(m)) => sink.add(&mut batch, m, flush),
-                                _ => break,
+                                Some(Err(e)) => {
+                                    tracing::warn!(error = %e, "consumer error");
+                                    break;
+                                }
+                                None => break,
                             }
                         }
                     }
