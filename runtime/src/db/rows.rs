@@ -111,22 +111,17 @@ pub async fn insert(pool: &PgPool, rows: &[Row]) -> Result<Stored, DbError> {
     if rows.is_empty() {
         return Ok(Stored::default());
     }
-    let failed = match copy(pool, rows).await {
+    let whole = match copy(pool, rows).await {
+        Err(e) if is_unique_violation(&e) => insert_skipping_duplicates(pool, rows).await,
+        other => other,
+    };
+    let failed = match whole {
         Ok(inserted) => {
             return Ok(Stored {
                 inserted,
                 rejected: Vec::new(),
             });
         }
-        Err(e) if is_unique_violation(&e) => match insert_skipping_duplicates(pool, rows).await {
-            Ok(inserted) => {
-                return Ok(Stored {
-                    inserted,
-                    rejected: Vec::new(),
-                });
-            }
-            Err(e) => e,
-        },
         Err(e) => e,
     };
     if !refuses_the_content(&failed) {

@@ -108,6 +108,12 @@ impl Sink {
         let max = sink.config.kafka.consumer.batch_max_records;
         let flush = Duration::from_millis(sink.config.kafka.consumer.flush_interval_ms);
         let depth = sink.config.kafka.consumer.max_batches_in_flight.max(1);
+        // Stored events are re-validated without a size limit (nothing is serialized).
+        let limits = Limits {
+            max_event_bytes: usize::MAX,
+            max_future_skew: sink.config.max_future_skew(),
+            retention_months: sink.config.database.partition_retention_months,
+        };
         let known = Arc::new(Mutex::new(HashSet::new()));
         let mut writing: VecDeque<JoinHandle<Option<Offsets>>> = VecDeque::new();
         // The batch being filled lives here, outside the select below, so nothing received is
@@ -163,12 +169,12 @@ impl Sink {
                 _ = stop.changed(), if !stopping => stopping = true,
                 message = sink.consumer.recv(), if !stopping && batch.len() < max => match message {
                     Ok(m) => {
-                        sink.add(&mut batch, m, flush);
+                        sink.add(&mut batch, m, &limits, flush);
                         // Take what librdkafka already holds without another round of the
                         // select (and its timer) per record.
                         while batch.len() < max {
                             match sink.consumer.recv().now_or_never() {
-                                Some(Ok(m)) => sink.add(&mut batch, m, flush),
+                                Some(Ok(m)) => sink.add(&mut batch, m, &limits, flush),
                                 Some(Err(e)) => {
                                     tracing::warn!(error = %e, "consumer error");
                                     break;
@@ -199,19 +205,20 @@ impl Sink {
     }
 
     /// Decodes a received record into the batch being filled.
-    fn add(&self, batch: &mut Batch, message: BorrowedMessage<'_>, flush: Duration) {
+    fn add(
+        &self,
+        batch: &mut Batch,
+        message: BorrowedMessage<'_>,
+        limits: &Limits,
+        flush: Duration,
+    ) {
         if batch.deadline.is_none() {
             batch.deadline = Some(tokio::time::Instant::now() + flush);
             batch.now = Utc::now();
         }
-        let limits = Limits {
-            max_event_bytes: usize::MAX,
-            max_future_skew: self.config.max_future_skew(),
-            retention_months: self.config.database.partition_retention_months,
-        };
         let next = batch.offsets.entry(message.partition()).or_insert(0);
         *next = (*next).max(message.offset() + 1);
-        match decode(message.payload(), &limits, batch.now) {
+        match decode(message.payload(), limits, batch.now) {
             Ok(row) => batch.good.push((row, message.detach())),
             Err(p) => batch.poison.push((message.detach(), p)),
         }
