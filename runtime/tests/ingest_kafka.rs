@@ -134,6 +134,64 @@ async fn every_sample_arrives_in_kafka_unchanged_with_its_key() {
     );
 }
 
+/// A complete valid event is published as the bytes it was sent in (key order, spacing and
+/// escapes kept), alone or in a batch; one that validation completes (no `data.actor.type`)
+/// is published completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_events_are_published_byte_for_byte_and_completed_ones_completed() {
+    let kafka = audit_testenv::kafka();
+    let topic = unique_topic("as-sent");
+    create_topic(&kafka.bootstrap(), &topic, 1).await;
+    let runtime = start(kafka, &topic, &[]);
+    let mut client = HttpClient::connect(&runtime.address())
+        .await
+        .expect("connect");
+    let event = |id: &str| {
+        format!(
+            "{{ \"time\": \"2026-11-02T09:18:55Z\", \"specversion\":\"1.0\",\n  \"id\": \"{id}\", \"source\": \"/s\", \"type\": \"t\",\n  \"data\": {{\"outcome\": \"success\", \"action\": \"vi\\u0065w\", \"actor\": {{\"id\": \"u_1\", \"type\": \"user\"}}, \"n\": 1.50}} }}"
+        )
+    };
+    let single = event("as-sent-1");
+    let in_batch = event("as-sent-2");
+    let completed = r#"{"specversion":"1.0","id":"completed-1","source":"/s","type":"t","time":"2026-11-02T09:18:55Z","data":{"actor":{"id":"u_1"},"action":"view","outcome":"success"}}"#;
+    let answer = client
+        .post(
+            "/v1/auditmanager/events",
+            "application/cloudevents+json",
+            single.clone(),
+        )
+        .await
+        .expect("POST event");
+    assert_eq!(answer.status, 202, "{:?}", answer.json());
+    let batch = format!("[{in_batch},\n {completed}]");
+    let answer = client
+        .post(
+            "/v1/auditmanager/events/batch",
+            "application/cloudevents-batch+json",
+            batch,
+        )
+        .await
+        .expect("POST batch");
+    assert_eq!(answer.status, 202, "{:?}", answer.json());
+    assert_eq!(
+        answer.json()["response"],
+        json!({"accepted": ["as-sent-2", "completed-1"], "count": 2})
+    );
+
+    let records = read_topic(&kafka.bootstrap(), &topic, 3, Duration::from_secs(30));
+    let by_id: BTreeMap<String, &Record> = records
+        .iter()
+        .map(|r| (r.json()["id"].as_str().unwrap_or_default().to_string(), r))
+        .collect();
+    assert_eq!(by_id.len(), 3, "three records: {by_id:?}");
+    assert_eq!(by_id["as-sent-1"].payload, single.as_bytes());
+    assert_eq!(by_id["as-sent-2"].payload, in_batch.as_bytes());
+    assert_eq!(by_id["as-sent-1"].key.as_deref(), Some("u_1"));
+    let mut want: Value = serde_json::from_str(completed).expect("json");
+    want["data"]["actor"]["type"] = json!("user");
+    assert_eq!(by_id["completed-1"].json(), want, "completed by validation");
+}
+
 async fn runtime_metric(client: &mut HttpClient, name: &str) -> f64 {
     let text = client
         .get("/v1/auditmanager/metrics")

@@ -5,14 +5,11 @@
 
 mod id;
 mod traceparent;
+pub(crate) mod typed;
 mod validate;
 
 pub use id::content_id;
-pub(crate) use traceparent::check as check_traceparent;
 pub use traceparent::trace_id_of;
-pub(crate) use validate::{
-    ACTOR_TYPES, OUTCOMES, has_nul, is_extension_name, is_json_media_type, parse_time,
-};
 pub use validate::{Invalid, Limits, MAX_INDEXED_BYTES, validate};
 
 use serde_json::{Map, Value};

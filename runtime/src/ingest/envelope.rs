@@ -28,6 +28,13 @@ pub struct Accepted<'a> {
     pub accepted: &'a str,
 }
 
+/// The `response` of an accepted batch: the ids in the order sent, and their number.
+#[derive(Serialize)]
+pub struct BatchAccepted<'a> {
+    pub accepted: &'a [String],
+    pub count: usize,
+}
+
 /// One error of the catalogue.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorItem {

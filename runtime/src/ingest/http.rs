@@ -8,13 +8,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::envelope::{self, ApiError};
 use super::openapi;
 use super::queue::{IngestQueue, Outgoing, Refused};
 use crate::config::{AckMode, Config};
-use crate::event::{self, FieldError, Invalid, Limits, ValidEvent};
+use crate::event::{self, FieldError, Invalid, Limits, ValidEvent, typed};
 use crate::health::{Enabled, Health};
 use crate::metrics::Metrics;
 
@@ -120,11 +121,17 @@ async fn accept_one(
     refuse_when_draining(state)?;
     let media = media_type(headers);
     let bytes = read_body(state, headers, body).await?;
+    let (limits, now) = (state.limits(), chrono::Utc::now());
     let value = if headers.contains_key("ce-specversion") {
         binary_mode_event(headers, &media, &bytes)?
     } else {
         match &*media {
-            "application/json" | "application/cloudevents+json" => parse_json(&bytes)?,
+            "application/json" | "application/cloudevents+json" => {
+                if let Some(ready) = as_sent(&bytes, &limits, now) {
+                    return accepted_one(state, ready).await;
+                }
+                parse_json(&bytes)?
+            }
             "application/cloudevents-batch+json" => {
                 return Err(ApiError::UnsupportedMediaType(
                     "application/cloudevents-batch+json is for POST /v1/auditmanager/events/batch"
@@ -134,19 +141,64 @@ async fn accept_one(
             other => return Err(unsupported(other)),
         }
     };
-    let event =
-        event::validate(value, &state.limits(), chrono::Utc::now()).map_err(|e| match e {
-            Invalid::Fields(f) => ApiError::Invalid(f),
-            Invalid::TooLarge { size, limit } => ApiError::TooLarge(format!(
-                "the event is {size} bytes; the limit is {limit} bytes"
-            )),
-        })?;
-    let id = event.id().to_string();
+    let event = event::validate(value, &limits, now).map_err(|e| match e {
+        Invalid::Fields(f) => ApiError::Invalid(f),
+        Invalid::TooLarge { size, limit } => ApiError::TooLarge(format!(
+            "the event is {size} bytes; the limit is {limit} bytes"
+        )),
+    })?;
+    accepted_one(state, outgoing(event)).await
+}
+
+async fn accepted_one(state: &AppState, event: Outgoing) -> Result<Response, ApiError> {
+    let id = event.id.clone();
     enqueue(state, vec![event]).await?;
     Ok(envelope::ok(
         StatusCode::ACCEPTED,
         envelope::Accepted { accepted: &id },
     ))
+}
+
+/// The event as it was sent, when it is valid and validation would not change it (see
+/// [`typed::accept_as_is`]): published byte for byte, without a JSON tree.
+fn as_sent(bytes: &[u8], limits: &Limits, now: chrono::DateTime<chrono::Utc>) -> Option<Outgoing> {
+    typed::accept_as_is(bytes, limits, now).map(|ok| Outgoing {
+        id: ok.id,
+        key: ok.key,
+        payload: bytes.to_vec(),
+    })
+}
+
+/// A validated event, serialized, for the queue.
+fn outgoing(event: ValidEvent) -> Outgoing {
+    Outgoing {
+        id: event.id().to_string(),
+        key: event.partition_key().to_string(),
+        payload: event.into_json(),
+    }
+}
+
+/// The events of a batch body: each one's own bytes when the body reads as the batch shape
+/// (the common case), else JSON values from a tree of the whole body.
+enum Items<'a> {
+    Raw(Vec<&'a RawValue>),
+    Parsed(Vec<Value>),
+}
+
+impl Items<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Items::Raw(items) => items.len(),
+            Items::Parsed(items) => items.len(),
+        }
+    }
+}
+
+/// `{"events": [...]}` with each event's bytes borrowed from the body.
+#[derive(serde::Deserialize)]
+struct Wrapped<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
 }
 
 async fn accept_batch(
@@ -158,37 +210,21 @@ async fn accept_batch(
     let media = media_type(headers);
     let bytes = read_body(state, headers, body).await?;
     let (items, prefix) = match &*media {
-        "application/json" => match parse_json(&bytes)? {
-            Value::Object(mut obj) => match obj.remove("events") {
-                Some(Value::Array(items)) => (items, "events"),
-                Some(_) => {
+        "application/json" => match serde_json::from_slice::<Wrapped>(&bytes) {
+            Ok(body) => (Items::Raw(body.events), "events"),
+            Err(_) => (Items::Parsed(wrapped_events(&bytes)?), "events"),
+        },
+        "application/cloudevents-batch+json" => match serde_json::from_slice(&bytes) {
+            Ok(events) => (Items::Raw(events), ""),
+            Err(_) => match parse_json(&bytes)? {
+                Value::Array(items) => (Items::Parsed(items), ""),
+                _ => {
                     return Err(ApiError::Invalid(vec![FieldError::new(
-                        "events",
-                        "must be an array of events",
-                    )]));
-                }
-                None => {
-                    return Err(ApiError::Invalid(vec![FieldError::new(
-                        "events",
-                        "is required: send {\"events\": [...]}, or a JSON array as application/cloudevents-batch+json",
+                        "",
+                        "a CloudEvents batch must be a JSON array of events",
                     )]));
                 }
             },
-            _ => {
-                return Err(ApiError::Invalid(vec![FieldError::new(
-                    "",
-                    "the body must be {\"events\": [...]}",
-                )]));
-            }
-        },
-        "application/cloudevents-batch+json" => match parse_json(&bytes)? {
-            Value::Array(items) => (items, ""),
-            _ => {
-                return Err(ApiError::Invalid(vec![FieldError::new(
-                    "",
-                    "a CloudEvents batch must be a JSON array of events",
-                )]));
-            }
         },
         other => return Err(unsupported(other)),
     };
@@ -199,7 +235,7 @@ async fn accept_batch(
             items.len()
         )));
     }
-    if items.is_empty() {
+    if items.len() == 0 {
         return Err(ApiError::Invalid(vec![FieldError::new(
             prefix,
             "must contain at least one event",
@@ -209,28 +245,71 @@ async fn accept_batch(
     let now = chrono::Utc::now();
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        let at = format!("{prefix}[{i}]");
-        match event::validate(item, &limits, now) {
-            Ok(e) => events.push(e),
-            Err(Invalid::Fields(f)) => errors.extend(f.into_iter().map(|e| e.prefixed(&at))),
+    let mut check = |at: &str, value: Value, events: &mut Vec<Outgoing>| {
+        match event::validate(value, &limits, now) {
+            Ok(e) => events.push(outgoing(e)),
+            Err(Invalid::Fields(f)) => errors.extend(f.into_iter().map(|e| e.prefixed(at))),
             Err(Invalid::TooLarge { size, limit }) => {
                 return Err(ApiError::TooLarge(format!(
                     "{at} is {size} bytes; the limit per event is {limit} bytes"
                 )));
             }
         }
+        Ok(())
+    };
+    match items {
+        Items::Raw(items) => {
+            for (i, raw) in items.into_iter().enumerate() {
+                if let Some(ready) = as_sent(raw.get().as_bytes(), &limits, now) {
+                    events.push(ready);
+                    continue;
+                }
+                let at = format!("{prefix}[{i}]");
+                let value = serde_json::from_str(raw.get())
+                    .map_err(|e| ApiError::MalformedJson(format!("{at}: {e}")))?;
+                check(&at, value, &mut events)?;
+            }
+        }
+        Items::Parsed(items) => {
+            for (i, value) in items.into_iter().enumerate() {
+                check(&format!("{prefix}[{i}]"), value, &mut events)?;
+            }
+        }
     }
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     enqueue(state, events).await?;
-    let count = ids.len();
     Ok(envelope::ok(
         StatusCode::ACCEPTED,
-        json!({ "accepted": ids, "count": count }),
+        envelope::BatchAccepted {
+            count: ids.len(),
+            accepted: &ids,
+        },
     ))
+}
+
+/// The events of a `{"events": [...]}` body that did not read as the batch shape: parsed
+/// whole, so the problem (not JSON, no `events`, not an array) is named.
+fn wrapped_events(bytes: &[u8]) -> Result<Vec<Value>, ApiError> {
+    match parse_json(bytes)? {
+        Value::Object(mut obj) => match obj.remove("events") {
+            Some(Value::Array(items)) => Ok(items),
+            Some(_) => Err(ApiError::Invalid(vec![FieldError::new(
+                "events",
+                "must be an array of events",
+            )])),
+            None => Err(ApiError::Invalid(vec![FieldError::new(
+                "events",
+                "is required: send {\"events\": [...]}, or a JSON array as application/cloudevents-batch+json",
+            )])),
+        },
+        _ => Err(ApiError::Invalid(vec![FieldError::new(
+            "",
+            "the body must be {\"events\": [...]}",
+        )])),
+    }
 }
 
 fn refuse_when_draining(state: &AppState) -> Result<(), ApiError> {
@@ -247,16 +326,8 @@ fn refuse_when_draining(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn enqueue(state: &AppState, events: Vec<ValidEvent>) -> Result<(), ApiError> {
-    let n = events.len() as u64;
-    let outgoing = events
-        .into_iter()
-        .map(|e| Outgoing {
-            id: e.id().to_string(),
-            key: e.partition_key().to_string(),
-            payload: e.into_json(),
-        })
-        .collect();
+async fn enqueue(state: &AppState, outgoing: Vec<Outgoing>) -> Result<(), ApiError> {
+    let n = outgoing.len() as u64;
     let want_ack = state.config.ingest.ack_mode == AckMode::Kafka;
     let acks = state
         .queue
