@@ -192,6 +192,10 @@ impl Items<'_> {
             Items::Parsed(items) => items.len(),
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// `{"events": [...]}` with each event's bytes borrowed from the body.
@@ -235,7 +239,7 @@ async fn accept_batch(
             items.len()
         )));
     }
-    if items.len() == 0 {
+    if items.is_empty() {
         return Err(ApiError::Invalid(vec![FieldError::new(
             prefix,
             "must contain at least one event",
