@@ -87,17 +87,16 @@ impl ValidEvent {
             .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
     }
 
-    /// The Kafka key: `subject`, else `actor.id`, so one entity's events stay in order.
+    /// The Kafka key ([`partition_key`]).
     pub fn partition_key(&self) -> &str {
-        match self.attributes.get("subject").and_then(Value::as_str) {
-            Some(s) if !s.is_empty() => s,
-            _ => self
-                .data()
+        partition_key(
+            self.attributes.get("subject").and_then(Value::as_str),
+            self.data()
                 .get("actor")
                 .and_then(|a| a.get("id"))
                 .and_then(Value::as_str)
                 .unwrap_or_default(),
-        }
+        )
     }
 
     /// The event as JSON bytes, the value published to Kafka.
@@ -111,6 +110,15 @@ impl ValidEvent {
             Some(json) => json,
             None => serialize(&self.attributes),
         }
+    }
+}
+
+/// The Kafka key of an event: `subject`, else `data.actor.id`, so one entity's events stay in
+/// order on one partition.
+pub(crate) fn partition_key<'a>(subject: Option<&'a str>, actor_id: &'a str) -> &'a str {
+    match subject {
+        Some(s) if !s.is_empty() => s,
+        _ => actor_id,
     }
 }
 

@@ -348,12 +348,9 @@ pub fn accept_as_is(bytes: &[u8], limits: &Limits, now: DateTime<Utc>) -> Option
     event.check(limits, now)?;
     let actor = event.data.as_ref()?.actor.as_ref()?;
     actor.r#type.as_ref()?;
-    let key = match &event.subject {
-        Some(s) => s,
-        None => actor.id.as_ref()?,
-    };
+    let subject = event.subject.as_ref().map(|s| s.0.as_ref());
     Some(AsIs {
-        key: key.0.to_string(),
+        key: super::partition_key(subject, &actor.id.as_ref()?.0).to_string(),
         id: event.id.as_ref()?.0.to_string(),
     })
 }
