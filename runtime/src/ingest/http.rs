@@ -127,7 +127,8 @@ async fn accept_one(
     } else {
         match &*media {
             "application/json" | "application/cloudevents+json" => {
-                if let Some(ready) = as_sent(&bytes, &limits, now) {
+                let text = std::str::from_utf8(&bytes).ok();
+                if let Some(ready) = text.and_then(|text| as_sent(text, &limits, now)) {
                     return accepted_one(state, ready).await;
                 }
                 parse_json(&bytes)?
@@ -161,11 +162,11 @@ async fn accepted_one(state: &AppState, event: Outgoing) -> Result<Response, Api
 
 /// The event as it was sent, when it is valid and validation would not change it (see
 /// [`typed::accept_as_is`]): published byte for byte, without a JSON tree.
-fn as_sent(bytes: &[u8], limits: &Limits, now: chrono::DateTime<chrono::Utc>) -> Option<Outgoing> {
-    typed::accept_as_is(bytes, limits, now).map(|ok| Outgoing {
+fn as_sent(text: &str, limits: &Limits, now: chrono::DateTime<chrono::Utc>) -> Option<Outgoing> {
+    typed::accept_as_is(text, limits, now).map(|ok| Outgoing {
         id: ok.id,
         key: ok.key,
-        payload: bytes.to_vec(),
+        payload: text.as_bytes().to_vec(),
     })
 }
 
@@ -264,7 +265,7 @@ async fn accept_batch(
     match items {
         Items::Raw(items) => {
             for (i, raw) in items.into_iter().enumerate() {
-                if let Some(ready) = as_sent(raw.get().as_bytes(), &limits, now) {
+                if let Some(ready) = as_sent(raw.get(), &limits, now) {
                     events.push(ready);
                     continue;
                 }

@@ -55,7 +55,7 @@ fn typed(bytes: &[u8], limits: &Limits, now: DateTime<Utc>) -> Option<Row> {
     if limits.max_event_bytes != usize::MAX {
         return None;
     }
-    let event = Envelope::read(bytes)?;
+    let event = Envelope::read(std::str::from_utf8(bytes).ok()?)?;
     let occurred_at = event.check(limits, now)?;
     into_row(event, occurred_at)
 }
