@@ -497,11 +497,20 @@ pub(crate) mod testing {
             "/data/context/sent",
         ])
     }
+
+    /// A valid event (`rich` or `plain`) with up to three fields changed or removed at random.
+    pub(crate) fn edited_event() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![Just(rich()), Just(plain())],
+            prop::collection::vec((pointer(), prop::option::weighted(0.9, any_json())), 0..4),
+        )
+            .prop_map(|(base, edits)| edits.into_iter().fold(base, |e, (p, v)| set(e, p, v)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{any_json, limits, now, plain, pointer, rich, set};
+    use super::testing::{edited_event, limits, now, plain, rich, set};
     use super::*;
     use crate::event::validate;
     use proptest::prelude::*;
@@ -602,12 +611,10 @@ mod tests {
         /// pretty-printed: whatever is accepted as is, validation accepts unchanged.
         #[test]
         fn what_is_accepted_as_is_validation_accepts_unchanged(
-            base in prop_oneof![Just(rich()), Just(plain())],
-            edits in prop::collection::vec((pointer(), prop::option::weighted(0.9, any_json())), 0..4),
+            event in edited_event(),
             pretty in any::<bool>(),
             limit in prop_oneof![Just(usize::MAX), 200usize..2000],
         ) {
-            let event = edits.into_iter().fold(base, |e, (p, v)| set(e, p, v));
             let bytes = if pretty {
                 serde_json::to_vec_pretty(&event)
             } else {
