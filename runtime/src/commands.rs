@@ -16,7 +16,7 @@ pub fn roles_from_env(database: &str) -> anyhow::Result<roles::Roles> {
     let one = |kind: &str| -> anyhow::Result<(String, String)> {
         let upper = kind.to_uppercase();
         let name = std::env::var(format!("AUDIT_MANAGER_{upper}_ROLE"))
-            .unwrap_or_else(|_| format!("{database}_{kind}"));
+            .unwrap_or_else(|_| roles::role_name(database, kind));
         let password_var = format!("AUDIT_MANAGER_{upper}_PASSWORD");
         let password = std::env::var(&password_var)
             .ok()

@@ -10,6 +10,21 @@ use serde_json::Value;
 
 /// Prefix of the layered environment variables; `__` separates nesting levels.
 pub const ENV_PREFIX: &str = "AUDIT_MANAGER__";
+/// The environment variable naming the YAML configuration file.
+pub const CONFIG_PATH_VAR: &str = "CONFIG_PATH";
+/// The keys that hold secrets (JSON pointers): never written to a file, never served.
+const SECRET_KEYS: [&str; 1] = ["/database/password"];
+/// The HTTP port served by default.
+pub const DEFAULT_PORT: u16 = 8000;
+
+/// The layered environment variable that sets a dotted key, e.g. `database.password` →
+/// `AUDIT_MANAGER__DATABASE__PASSWORD`.
+pub fn env_var(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
 
 /// Why the configuration cannot be used; every variant names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +78,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             host: "0.0.0.0".into(),
-            port: 8000,
+            port: DEFAULT_PORT,
             shutdown_timeout_seconds: 60,
         }
     }
@@ -274,7 +289,7 @@ impl Config {
     pub fn load_from(env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
         let mut tree =
             serde_json::to_value(Config::default()).map_err(|e| invalid("", e.to_string()))?;
-        if let Some(path) = env.get("CONFIG_PATH").filter(|p| !p.is_empty()) {
+        if let Some(path) = env.get(CONFIG_PATH_VAR).filter(|p| !p.is_empty()) {
             merge(&mut tree, read_yaml(Path::new(path))?);
         }
         let defaults = tree.clone();
@@ -425,8 +440,24 @@ impl Config {
     /// The effective configuration with secrets replaced, for `GET /config`.
     pub fn redacted(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Some(p) = v.pointer_mut("/database/password") {
-            *p = Value::String("***".into());
+        for key in SECRET_KEYS {
+            if let Some(p) = v.pointer_mut(key) {
+                *p = Value::String("***".into());
+            }
+        }
+        v
+    }
+
+    /// The configuration with the secret keys left out, for a file others may read (the
+    /// operator's ConfigMap): the secrets come from the environment.
+    pub fn without_secrets(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        for key in SECRET_KEYS {
+            if let Some((section, field)) = key.rsplit_once('/')
+                && let Some(Value::Object(map)) = v.pointer_mut(section)
+            {
+                map.remove(field);
+            }
         }
         v
     }

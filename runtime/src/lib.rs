@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod event;
 pub mod health;
+pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;

@@ -10,7 +10,8 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::health::{Check, Health};
-use crate::ingest::http::{AppState, router};
+use crate::http::router::router;
+use crate::http::state::AppState;
 use crate::ingest::queue::IngestQueue;
 use crate::kafka::producer::{IngestProducer, Publisher, build_ingest_producer, build_producer};
 use crate::metrics::Metrics;

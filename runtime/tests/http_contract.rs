@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use audit_manager::config::Config;
 use audit_manager::health::Health;
-use audit_manager::ingest::http::{AppState, router};
+use audit_manager::http::router::router;
+use audit_manager::http::state::AppState;
 use audit_manager::ingest::queue::IngestQueue;
 use audit_manager::metrics::Metrics;
 use axum::body::{Body, to_bytes};

@@ -1,5 +1,6 @@
 //! PostgreSQL: connections, the embedded migrations, roles, partitions and the row writer.
 
+pub mod ownership;
 pub mod partitions;
 pub mod roles;
 pub mod rows;
@@ -29,6 +30,8 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0} already exists and was not created by this AuditManager")]
+    NotOurs(String),
 }
 
 /// Adds what was being done to a sqlx error.

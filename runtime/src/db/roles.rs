@@ -10,6 +10,14 @@ use sqlx::PgPool;
 
 use super::{Context, DbError, ident, literal};
 
+/// The three role kinds, in the order they are created.
+pub const KINDS: [&str; 3] = ["owner", "writer", "reader"];
+
+/// The PostgreSQL role of `kind` for `database`: `<database>_<kind>`.
+pub fn role_name(database: &str, kind: &str) -> String {
+    format!("{database}_{kind}")
+}
+
 /// Names and passwords of the three roles.
 #[derive(Debug, Clone)]
 pub struct Roles {

@@ -1,88 +1,9 @@
-//! The one mapping from a validated event to an `audit_events` row (SPEC §2.3), and the batch
-//! insert.
+//! The batch insert of `audit_events` rows (mapped from events in [`crate::event::row`]).
 
-use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
 use sqlx::PgPool;
 
 use super::{Context, DbError};
-use crate::event::{ValidEvent, trace_id_of};
-
-/// One row of `audit_events` (without `ingested_at`, which the database fills).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub id: String,
-    pub source: String,
-    pub r#type: String,
-    pub subject: Option<String>,
-    pub occurred_at: DateTime<Utc>,
-    pub actor_type: String,
-    pub actor_id: String,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub action: String,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub trace_id: Option<String>,
-    /// The `details` jsonb as JSON text (keys sorted, compact).
-    pub details: Option<String>,
-}
-
-/// Removes `key` from `map`, returning it when it was a string.
-fn take(map: &mut Map<String, Value>, key: &str) -> Option<String> {
-    match map.remove(key) {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    }
-}
-
-/// Maps an event: `time`→`occurred_at`; `trace_id` from `traceparent`; `details` = `data`
-/// without action/outcome/reason and without actor and resource id/type, empty leftovers
-/// dropped, NULL when nothing is left. Consumes the event: its strings move into the row.
-pub fn to_row(event: ValidEvent) -> Row {
-    let occurred_at = event.occurred_at;
-    let mut attrs = event.attributes;
-    let mut details = match attrs.remove("data") {
-        Some(Value::Object(data)) => data,
-        _ => Map::new(),
-    };
-    let action = take(&mut details, "action").unwrap_or_default();
-    let outcome = take(&mut details, "outcome").unwrap_or_default();
-    let reason = take(&mut details, "reason");
-    let mut id_and_type = |key: &str| -> (Option<String>, Option<String>) {
-        let Some(Value::Object(inner)) = details.get_mut(key) else {
-            return (None, None);
-        };
-        let pair = (take(inner, "id"), take(inner, "type"));
-        if inner.is_empty() {
-            details.remove(key);
-        }
-        pair
-    };
-    let (actor_id, actor_type) = id_and_type("actor");
-    let (resource_id, resource_type) = id_and_type("resource");
-    let trace_id = attrs
-        .get("traceparent")
-        .and_then(Value::as_str)
-        .and_then(trace_id_of)
-        .map(str::to_string);
-    Row {
-        id: take(&mut attrs, "id").unwrap_or_default(),
-        source: take(&mut attrs, "source").unwrap_or_default(),
-        r#type: take(&mut attrs, "type").unwrap_or_default(),
-        subject: take(&mut attrs, "subject"),
-        occurred_at,
-        actor_type: actor_type.unwrap_or_else(|| "user".to_string()),
-        actor_id: actor_id.unwrap_or_default(),
-        resource_type,
-        resource_id,
-        action,
-        outcome,
-        reason,
-        trace_id,
-        details: (!details.is_empty()).then(|| Value::Object(details).to_string()),
-    }
-}
+pub use crate::event::row::Row;
 
 const COPY: &str = "COPY audit_events (id, source, type, subject, occurred_at, actor_type, actor_id, \
                     resource_type, resource_id, action, outcome, reason, trace_id, details) FROM STDIN";
@@ -276,87 +197,8 @@ async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Limits, validate};
+    use crate::event::row::{tests::event, to_row};
     use serde_json::json;
-
-    fn event(data: Value, extra: Value) -> ValidEvent {
-        let mut e = json!({
-            "specversion": "1.0", "id": "e1", "source": "/s", "type": "t",
-            "time": "2026-11-02T09:18:55+05:30", "data": data
-        });
-        if let (Some(e), Value::Object(extra)) = (e.as_object_mut(), extra) {
-            e.extend(extra);
-        }
-        let now = DateTime::parse_from_rfc3339("2026-11-24T00:00:00Z")
-            .map(|t| t.with_timezone(&Utc))
-            .expect("now");
-        let limits = Limits {
-            max_event_bytes: 65536,
-            max_future_skew: std::time::Duration::from_secs(3600),
-            retention_months: 84,
-        };
-        validate(e, &limits, now).expect("valid")
-    }
-
-    fn details(row: &Row) -> Option<Value> {
-        row.details
-            .as_deref()
-            .map(|text| serde_json::from_str(text).expect("details are JSON"))
-    }
-
-    #[test]
-    fn every_column_is_mapped() {
-        let e = event(
-            json!({
-                "actor": {"type": "user", "id": "u_4421", "name": "asha", "roles": ["officer"]},
-                "action": "update", "outcome": "success", "reason": "requested",
-                "resource": {"type": "beneficiary", "id": "b_1", "program": "p"},
-                "changes": {"phone": {"old": "1", "new": "2"}}
-            }),
-            json!({"subject": "beneficiary/b_1",
-                   "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
-        );
-        let row = to_row(e);
-        assert_eq!(row.id, "e1");
-        assert_eq!(row.source, "/s");
-        assert_eq!(row.r#type, "t");
-        assert_eq!(row.subject.as_deref(), Some("beneficiary/b_1"));
-        assert_eq!(row.occurred_at.to_rfc3339(), "2026-11-02T03:48:55+00:00");
-        assert_eq!(row.actor_type, "user");
-        assert_eq!(row.actor_id, "u_4421");
-        assert_eq!(row.resource_type.as_deref(), Some("beneficiary"));
-        assert_eq!(row.resource_id.as_deref(), Some("b_1"));
-        assert_eq!(row.action, "update");
-        assert_eq!(row.outcome, "success");
-        assert_eq!(row.reason.as_deref(), Some("requested"));
-        assert_eq!(
-            row.trace_id.as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(
-            details(&row),
-            Some(json!({
-                "actor": {"name": "asha", "roles": ["officer"]},
-                "resource": {"program": "p"},
-                "changes": {"phone": {"old": "1", "new": "2"}}
-            }))
-        );
-    }
-
-    #[test]
-    fn empty_leftovers_are_dropped_and_nothing_left_is_null() {
-        let e = event(
-            json!({"actor": {"id": "svc"}, "action": "a", "outcome": "denied",
-                   "resource": {"type": "page", "id": "/x"}}),
-            json!({}),
-        );
-        let row = to_row(e);
-        assert_eq!(row.actor_type, "user", "actor.type defaults to user");
-        assert_eq!(row.details, None);
-        assert_eq!(row.subject, None);
-        assert_eq!(row.trace_id, None);
-        assert_eq!(row.reason, None);
-    }
 
     #[test]
     fn copy_text_escapes_separators_and_writes_null() {
@@ -385,22 +227,5 @@ mod tests {
         out.clear();
         push_escaped(&mut out, "plain");
         assert_eq!(out, "plain");
-    }
-
-    #[test]
-    fn a_resource_without_id_and_extra_keys_are_kept() {
-        let e = event(
-            json!({"actor": {"type": "system", "id": "s", "ip": "10.0.0.1"}, "action": "a",
-                   "outcome": "failure", "resource": {"type": "batch"}, "context": {"k": 1}}),
-            json!({}),
-        );
-        let row = to_row(e);
-        assert_eq!(row.actor_type, "system");
-        assert_eq!(row.resource_type.as_deref(), Some("batch"));
-        assert_eq!(row.resource_id, None);
-        assert_eq!(
-            details(&row),
-            Some(json!({"actor": {"ip": "10.0.0.1"}, "context": {"k": 1}}))
-        );
     }
 }

@@ -2,7 +2,9 @@
 //! JSON tree, its strings borrowed from the bytes, only what `details` keeps parsed as JSON
 //! values. The moment anything differs from a valid event (a failed rule, a duplicate key, a
 //! missing `id`, a value of another type) it gives up and the caller takes the full path
-//! ([`super::validate`] on a tree), so every error message comes from one place.
+//! ([`super::validate`] on a tree), so every error message comes from one place. Each rule
+//! here restates one of `validate.rs`; the property tests below hold the two to the same
+//! answers.
 //!
 //! Two callers: the ingest API, which publishes an event it accepts this way as the bytes it
 //! received, and the sink, which maps it straight into its row.
@@ -352,7 +354,7 @@ pub fn accept_as_is(text: &str, limits: &Limits, now: DateTime<Utc>) -> Option<A
     actor.r#type.as_ref()?;
     let subject = event.subject.as_ref().map(|s| s.0.as_ref());
     Some(AsIs {
-        key: super::partition_key(subject, &actor.id.as_ref()?.0).to_string(),
+        key: super::model::partition_key(subject, &actor.id.as_ref()?.0).to_string(),
         id: event.id.as_ref()?.0.to_string(),
     })
 }
@@ -464,38 +466,45 @@ pub(crate) mod testing {
         })
     }
 
+    /// The fields the property tests edit: every field the full path validates (a test
+    /// checks that), and a few it leaves free.
+    pub(crate) const POINTERS: [&str; 32] = [
+        "/specversion",
+        "/id",
+        "/source",
+        "/type",
+        "/time",
+        "/subject",
+        "/datacontenttype",
+        "/dataschema",
+        "/traceparent",
+        "/tenant",
+        "/priority",
+        "/sampled",
+        "/Bad_Ext",
+        "/data_base64",
+        "/data",
+        "/data/actor",
+        "/data/actor/type",
+        "/data/actor/id",
+        "/data/actor/name",
+        "/data/actor/ip",
+        "/data/actor/session_id",
+        "/data/actor/roles",
+        "/data/actor/extra",
+        "/data/action",
+        "/data/outcome",
+        "/data/resource",
+        "/data/resource/type",
+        "/data/resource/id",
+        "/data/resource/extra",
+        "/data/reason",
+        "/data/changes",
+        "/data/context/sent",
+    ];
+
     pub(crate) fn pointer() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(vec![
-            "/specversion",
-            "/id",
-            "/source",
-            "/type",
-            "/time",
-            "/subject",
-            "/datacontenttype",
-            "/dataschema",
-            "/traceparent",
-            "/tenant",
-            "/Bad_Ext",
-            "/data_base64",
-            "/data",
-            "/data/actor",
-            "/data/actor/type",
-            "/data/actor/id",
-            "/data/actor/name",
-            "/data/actor/ip",
-            "/data/actor/roles",
-            "/data/actor/extra",
-            "/data/action",
-            "/data/outcome",
-            "/data/resource",
-            "/data/resource/type",
-            "/data/resource/id",
-            "/data/resource/extra",
-            "/data/reason",
-            "/data/changes",
-            "/data/context/sent",
-        ])
+        prop::sample::select(POINTERS.to_vec())
     }
 
     /// A valid event (`rich` or `plain`) with up to three fields changed or removed at random.
@@ -624,5 +633,71 @@ mod tests {
             let limits = Limits { max_event_bytes: limit, ..limits() };
             agree(&bytes, &limits);
         }
+    }
+
+    /// Every field that the full path refuses some value at, found by trying each field of
+    /// the two base events with each value of the generator's tricky list.
+    fn fields_the_full_path_validates() -> std::collections::BTreeSet<String> {
+        fn paths(v: &Value, at: &str, out: &mut Vec<String>) {
+            if let Value::Object(map) = v {
+                for (k, child) in map {
+                    let p = format!("{at}/{k}");
+                    out.push(p.clone());
+                    paths(child, &p, out);
+                }
+            }
+        }
+        let values = [
+            Value::Null,
+            json!(""),
+            json!("robot"),
+            json!("not an address"),
+            json!("k".repeat(crate::event::MAX_INDEXED_BYTES + 1)),
+            json!(7),
+            json!(true),
+            json!([1]),
+            json!({}),
+        ];
+        let mut found = std::collections::BTreeSet::new();
+        for base in [rich(), plain()] {
+            let mut fields = vec!["/data_base64".to_string(), "/Bad_Ext".to_string()];
+            paths(&base, "", &mut fields);
+            for field in fields {
+                for v in &values {
+                    let edited = set(base.clone(), &field, Some(v.clone()));
+                    let Err(crate::event::Invalid::Fields(errors)) =
+                        validate(edited, &limits(), now())
+                    else {
+                        continue;
+                    };
+                    let refused_here = errors.iter().any(|e| {
+                        let path = e.path.split('[').next().unwrap_or_default();
+                        format!("/{}", path.replace('.', "/")) == field
+                    });
+                    if refused_here {
+                        found.insert(field.clone());
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The fast path reads every rule of the full path (`super::validate`) by its own code: a
+    /// rule on a field the property tests never edit could differ unnoticed.
+    #[test]
+    fn the_property_tests_edit_every_field_the_full_path_validates() {
+        let validated = fields_the_full_path_validates();
+        assert!(validated.contains("/data/actor/ip"), "{validated:?}");
+        let edited: std::collections::BTreeSet<&str> =
+            super::testing::POINTERS.into_iter().collect();
+        let missing: Vec<&String> = validated
+            .iter()
+            .filter(|f| !edited.contains(f.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "validated by the full path but never edited by the property tests: {missing:?}; add them to testing::POINTERS"
+        );
     }
 }

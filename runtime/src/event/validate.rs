@@ -1,11 +1,18 @@
-//! The validation rules of SPEC §2.2, each reported against its field path.
+//! The validation rules of SPEC §2.2, each reported against its field path: the full path, on a
+//! JSON tree, and the only place an error message comes from.
+//!
+//! The other path is the typed reader ([`super::typed`]), which accepts the common case without
+//! a tree by checking the same rules in its own code and gives up on anything else. A rule
+//! changed here must change there too: its property tests compare the two on events edited at
+//! every field this module validates (a test fails when a validated field is not edited).
 
 use std::net::IpAddr;
 
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
 use serde_json::{Map, Value};
 
-use super::{FieldError, ValidEvent, id, traceparent};
+use super::model::{FieldError, ValidEvent};
+use super::{id, traceparent};
 
 /// Context attributes defined by CloudEvents 1.0 (and the tracing extension) that the rules
 /// below handle by name; any other top-level key is an extension attribute.

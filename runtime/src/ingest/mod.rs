@@ -1,6 +1,3 @@
-//! The HTTP source: CloudEvents in, `202 Accepted` out, into the bounded queue.
+//! The bounded in-process queue between the HTTP source and the Kafka publisher.
 
-pub mod envelope;
-pub mod http;
-pub mod openapi;
 pub mod queue;

@@ -1,3 +1,4 @@
-//! Kafka: the producer that drains the ingest queue.
+//! Kafka: the producer that drains the ingest queue, and consumer-group lag.
 
+pub mod lag;
 pub mod producer;

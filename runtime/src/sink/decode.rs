@@ -1,20 +1,25 @@
 //! A record's value → a row.
 //!
 //! Two readers, one outcome. The full reader parses the record into a JSON tree, validates it
-//! with [`event::validate`] and maps it with [`rows::to_row`]: it names every problem, for the
+//! with [`event::validate`] and maps it with [`row::to_row`]: it names every problem, for the
 //! DLQ. The typed reader ([`crate::event::typed`]) handles the common case (a record the
 //! ingest API wrote: a valid event with an `id`) without building the tree, and its event is
-//! mapped here straight into the columns, the strings borrowed from the record. Anything else
+//! mapped by [`row::from_typed`] straight into the columns. Anything else
 //! is the full reader's, so DLQ reasons come from one place. When it succeeds, its row equals the
 //! full reader's, `details` text included (tested below on generated events).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::Poison;
-use crate::db::rows::{self, Row};
-use crate::event::typed::{Envelope, Str};
-use crate::event::{self, Invalid, Limits, trace_id_of};
+use crate::event::row::{self, Row};
+use crate::event::typed::Envelope;
+use crate::event::{self, Invalid, Limits};
+
+/// Why a record went to the DLQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poison {
+    pub reason: String,
+}
 
 /// Parses and validates one record value into a row.
 pub fn decode(payload: Option<&[u8]>, limits: &Limits, now: DateTime<Utc>) -> Result<Row, Poison> {
@@ -46,7 +51,7 @@ fn full(bytes: &[u8], limits: &Limits, now: DateTime<Utc>) -> Result<Row, Poison
             }
         },
     })?;
-    Ok(rows::to_row(event))
+    Ok(row::to_row(event))
 }
 
 /// The typed reader: the row of a valid event with an `id`, or None for the full reader.
@@ -57,49 +62,7 @@ fn typed(bytes: &[u8], limits: &Limits, now: DateTime<Utc>) -> Option<Row> {
     }
     let event = Envelope::read(std::str::from_utf8(bytes).ok()?)?;
     let occurred_at = event.check(limits, now)?;
-    into_row(event, occurred_at)
-}
-
-/// The mapping of SPEC §2.3 exactly as [`rows::to_row`] does it, on an event the typed reader
-/// read and checked.
-fn into_row(event: Envelope<'_>, occurred_at: DateTime<Utc>) -> Option<Row> {
-    let data = event.data?;
-    let actor = data.actor?;
-    let mut details = data.rest;
-    if !actor.rest.is_empty() {
-        details.insert("actor".into(), Value::Object(actor.rest));
-    }
-    let (resource_type, resource_id) = match data.resource {
-        Some(r) => {
-            if !r.rest.is_empty() {
-                details.insert("resource".into(), Value::Object(r.rest));
-            }
-            (r.r#type.map(Str::into_string), r.id.map(Str::into_string))
-        }
-        None => (None, None),
-    };
-    Some(Row {
-        id: event.id?.into_string(),
-        source: event.source?.into_string(),
-        r#type: event.r#type?.into_string(),
-        subject: event.subject.map(Str::into_string),
-        occurred_at,
-        actor_type: actor
-            .r#type
-            .map_or_else(|| "user".to_string(), Str::into_string),
-        actor_id: actor.id?.into_string(),
-        resource_type,
-        resource_id,
-        action: data.action?.into_string(),
-        outcome: data.outcome?.into_string(),
-        reason: data.reason.map(Str::into_string),
-        trace_id: event
-            .traceparent
-            .as_ref()
-            .and_then(|t| trace_id_of(&t.0))
-            .map(str::to_string),
-        details: (!details.is_empty()).then(|| Value::Object(details).to_string()),
-    })
+    row::from_typed(event, occurred_at)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 mod decode;
 pub mod dlq;
 
-pub use decode::decode;
+pub use decode::{Poison, decode};
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -28,8 +28,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::db::partitions::{self, Month};
-use crate::db::rows::{self, Row};
+use crate::db::rows;
 use crate::event::Limits;
+use crate::event::row::Row;
 use crate::health::{Check, Health};
 use crate::metrics::Metrics;
 
@@ -70,12 +71,6 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Why a record went to the DLQ.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Poison {
-    pub reason: String,
 }
 
 /// The consuming half of `serve`.
@@ -420,7 +415,7 @@ async fn watch_lag(
             .flatten();
         if let Some(lags) = lags {
             metrics.consumer_lag.reset();
-            let total: i64 = lags.iter().map(|(_, l)| *l).sum();
+            let total: i64 = lags.values().sum();
             for (p, l) in &lags {
                 metrics
                     .consumer_lag
@@ -433,21 +428,11 @@ async fn watch_lag(
     }
 }
 
-fn lag_of(consumer: &StreamConsumer, topic: &str) -> Option<Vec<(i32, i64)>> {
-    let committed = consumer.committed(Duration::from_secs(5)).ok()?;
-    let mut lags = Vec::new();
-    for e in committed.elements_for_topic(topic) {
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))
-        else {
-            continue;
-        };
-        let position = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        lags.push((e.partition(), (high - position).max(0)));
-    }
+fn lag_of(consumer: &StreamConsumer, topic: &str) -> Option<BTreeMap<i32, i64>> {
+    let timeout = Duration::from_secs(5);
+    let committed = consumer.committed(timeout).ok()?;
+    let lags = crate::kafka::lag::lag(consumer, &committed, topic, timeout).ok();
+    // The partition list holds references into the client: release it before the consumer.
     drop(committed);
-    Some(lags)
+    lags
 }

@@ -1,11 +1,10 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations and the types below.
-//! These types describe the wire format for readers; validation itself lives in
-//! [`crate::event::validate`].
+//! The wire format of the event endpoints, for the OpenAPI document. These types describe it
+//! for readers; validation itself lives in [`crate::event::validate`].
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 /// A CloudEvents 1.0 audit event (structured mode).
 #[derive(ToSchema)]
@@ -74,25 +73,4 @@ pub struct Resource {
 pub struct EventBatch {
     /// At most `ingest.max_batch_size` events; accepted whole or not at all.
     events: Vec<CloudEvent>,
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "audit-manager", description = "Audit events in (CloudEvents 1.0), stored exactly once. Every JSON response uses the envelope; errors carry codes AUD-001..AUD-009."),
-    paths(
-        super::http::post_event, super::http::post_batch, super::http::health, super::http::live,
-        super::http::ready, super::http::version, super::http::config, super::http::metrics
-    ),
-    components(schemas(CloudEvent, AuditData, Actor, Resource, EventBatch,
-                       super::envelope::Envelope, super::envelope::ErrorItem)),
-    tags((name = "events", description = "Emit audit events"),
-         (name = "operations", description = "Probes, build info, configuration, metrics"))
-)]
-struct ApiDoc;
-
-/// The OpenAPI document served at `/v1/auditmanager/openapi.json`.
-pub fn document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    doc
 }

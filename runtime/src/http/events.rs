@@ -1,75 +1,23 @@
-//! The HTTP API under `/v1/auditmanager`: small handlers over one shared [`AppState`].
+//! The event endpoints: one CloudEvent, or a batch accepted whole or not at all.
 
-use std::sync::Arc;
-
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 
-use super::envelope::{self, ApiError};
-use super::openapi;
-use super::queue::{IngestQueue, Outgoing, Refused};
-use crate::config::{AckMode, Config};
+use super::binary::binary_mode_event;
+use super::envelope::{self, ApiError, parse_json};
+use super::schema;
+use super::state::{AppState, Shared};
+use crate::config::AckMode;
 use crate::event::{self, FieldError, Invalid, Limits, ValidEvent, typed};
-use crate::health::{Enabled, Health};
-use crate::metrics::Metrics;
-
-/// The route prefix of every endpoint.
-pub const PREFIX: &str = "/v1/auditmanager";
-
-/// Everything the handlers share.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub queue: Arc<IngestQueue>,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-}
-
-impl AppState {
-    fn limits(&self) -> Limits {
-        Limits {
-            max_event_bytes: self.config.ingest.max_event_bytes,
-            max_future_skew: self.config.max_future_skew(),
-            retention_months: self.config.database.partition_retention_months,
-        }
-    }
-
-    fn enabled(&self) -> Enabled {
-        Enabled {
-            ingest: self.config.components.ingest,
-            consumer: self.config.components.consumer,
-        }
-    }
-}
-
-type Shared = State<Arc<AppState>>;
-
-/// The router with every endpoint under [`PREFIX`].
-pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/events", post(post_event))
-        .route("/events/batch", post(post_batch))
-        .route("/health", get(health))
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/version", get(version))
-        .route("/config", get(config))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi_json))
-        .route("/docs", get(docs))
-        .fallback(not_found)
-        .with_state(state);
-    Router::new().nest(PREFIX, api).fallback(not_found)
-}
+use crate::ingest::queue::{Outgoing, Refused};
 
 /// Accepts one CloudEvent (structured or binary mode).
 #[utoipa::path(post, path = "/v1/auditmanager/events", tag = "events",
-    request_body(content = openapi::CloudEvent, content_type = "application/cloudevents+json",
+    request_body(content = schema::CloudEvent, content_type = "application/cloudevents+json",
                  description = "Structured mode (application/json also accepted), or binary mode: ce-* headers and the data object as body"),
     responses(
         (status = 202, description = "Accepted: `response.accepted` is the event id", body = envelope::Envelope),
@@ -85,7 +33,7 @@ pub async fn post_event(State(state): Shared, headers: HeaderMap, body: Body) ->
 
 /// Accepts a batch, whole or not at all.
 #[utoipa::path(post, path = "/v1/auditmanager/events/batch", tag = "events",
-    request_body(content = openapi::EventBatch, content_type = "application/json",
+    request_body(content = schema::EventBatch, content_type = "application/json",
                  description = "`{\"events\": [...]}`, or a JSON array with application/cloudevents-batch+json"),
     responses(
         (status = 202, description = "Accepted: `response.accepted` lists the ids, `response.count` their number", body = envelope::Envelope),
@@ -373,10 +321,6 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         .map_err(|_| too_large())
 }
 
-fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))
-}
-
 /// The lowercase media type without parameters; empty when absent.
 fn media_type(headers: &HeaderMap) -> std::borrow::Cow<'_, str> {
     let essence = headers
@@ -401,176 +345,4 @@ fn unsupported(media: &str) -> ApiError {
     ApiError::UnsupportedMediaType(format!(
         "{got} is not supported; send application/json, application/cloudevents+json, application/cloudevents-batch+json (batch) or binary mode (ce-* headers with a JSON body)"
     ))
-}
-
-/// Binary content mode: attributes in `ce-*` headers, the body is `data`.
-fn binary_mode_event(headers: &HeaderMap, media: &str, body: &[u8]) -> Result<Value, ApiError> {
-    if !(media == "application/json" || media.ends_with("+json")) {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "binary mode needs a JSON body (Content-Type application/json), got {}",
-            if media.is_empty() {
-                "none".to_string()
-            } else {
-                format!("`{media}`")
-            }
-        )));
-    }
-    let mut event = Map::new();
-    let mut errors = Vec::new();
-    for (name, value) in headers {
-        let Some(attr) = name.as_str().strip_prefix("ce-") else {
-            continue;
-        };
-        match value.to_str() {
-            Ok(v) => {
-                event.insert(attr.to_string(), Value::String(percent_decode(v)));
-            }
-            Err(_) => errors.push(FieldError::new(attr, "header value is not visible ASCII")),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    if let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        event.insert("datacontenttype".into(), Value::String(ct.to_string()));
-    }
-    event.insert("data".into(), parse_json(body)?);
-    Ok(Value::Object(event))
-}
-
-/// Decodes `%XX` escapes (CloudEvents HTTP binding); anything malformed stays as it is.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-/// Component report.
-#[utoipa::path(get, path = "/v1/auditmanager/health", tag = "operations",
-    responses((status = 200, description = "Every enabled component is healthy", body = envelope::Envelope),
-              (status = 503, description = "AUD-005 not ready / component down, AUD-006 database check failed", body = envelope::Envelope)))]
-pub async fn health(State(state): Shared) -> Response {
-    let (report, problems) =
-        state
-            .health
-            .report(state.enabled(), state.queue.depth(), state.queue.capacity());
-    if problems.is_empty() {
-        return envelope::ok(StatusCode::OK, report);
-    }
-    let errors = problems
-        .into_iter()
-        .map(|(code, message)| envelope::ErrorItem {
-            error_code: code,
-            message,
-        })
-        .collect();
-    envelope::with_errors(StatusCode::SERVICE_UNAVAILABLE, Some(report), errors)
-}
-
-/// Liveness: the process's own tasks run (never the database).
-#[utoipa::path(get, path = "/v1/auditmanager/health/live", tag = "operations",
-    responses((status = 200, body = envelope::Envelope), (status = 503, body = envelope::Envelope)))]
-pub async fn live(State(state): Shared) -> Response {
-    if state.health.live(state.enabled()) {
-        envelope::ok(StatusCode::OK, json!({"live": true}))
-    } else {
-        ApiError::NotReady("a long-running task (publisher or consumer) has stopped".into())
-            .into_response()
-    }
-}
-
-/// Readiness: started and not draining; independent of PostgreSQL.
-#[utoipa::path(get, path = "/v1/auditmanager/health/ready", tag = "operations",
-    responses((status = 200, body = envelope::Envelope), (status = 503, body = envelope::Envelope)))]
-pub async fn ready(State(state): Shared) -> Response {
-    if state.health.ready() {
-        envelope::ok(StatusCode::OK, json!({"ready": true}))
-    } else {
-        ApiError::NotReady("not ready: starting up or shutting down".into()).into_response()
-    }
-}
-
-/// Build information.
-#[utoipa::path(get, path = "/v1/auditmanager/version", tag = "operations",
-    responses((status = 200, body = envelope::Envelope)))]
-pub async fn version() -> Response {
-    envelope::ok(StatusCode::OK, crate::build_info())
-}
-
-/// The effective configuration without secrets.
-#[utoipa::path(get, path = "/v1/auditmanager/config", tag = "operations",
-    responses((status = 200, body = envelope::Envelope)))]
-pub async fn config(State(state): Shared) -> Response {
-    envelope::ok(StatusCode::OK, state.config.redacted())
-}
-
-/// Prometheus text format.
-#[utoipa::path(get, path = "/v1/auditmanager/metrics", tag = "operations",
-    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
-pub async fn metrics(State(state): Shared) -> Response {
-    state.metrics.queue_depth.set(state.queue.depth() as i64);
-    state
-        .metrics
-        .queue_capacity
-        .set(state.queue.capacity() as i64);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn openapi_json() -> Response {
-    axum::Json(openapi::document()).into_response()
-}
-
-async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
-}
-
-async fn not_found() -> Response {
-    envelope::with_errors(
-        StatusCode::NOT_FOUND,
-        None,
-        vec![envelope::ErrorItem {
-            error_code: "AUD-404",
-            message: format!("no such endpoint; see {PREFIX}/docs"),
-        }],
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding_follows_the_http_binding() {
-        assert_eq!(percent_decode("caf%C3%A9"), "café");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("a%20b"), "a b");
-    }
 }

@@ -174,3 +174,8 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A JSON body, or AUD-001 naming where it stops being JSON.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}

@@ -1,0 +1,16 @@
+//! The HTTP API: small handlers over one shared state, one error envelope.
+//! - [`router`]: every endpoint at its path in [`paths`];
+//! - [`events`] (with [`binary`] mode): CloudEvents in, `202 Accepted` out, into the queue;
+//! - [`ops`]: health, liveness, readiness, version, configuration, metrics;
+//! - [`openapi`]: the document, from the handlers and the wire types in [`schema`];
+//! - [`envelope`]: every JSON response and error.
+
+pub mod binary;
+pub mod envelope;
+pub mod events;
+pub mod openapi;
+pub mod ops;
+pub mod paths;
+pub mod router;
+pub mod schema;
+pub mod state;

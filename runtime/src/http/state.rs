@@ -1,0 +1,39 @@
+//! What every handler shares: one [`AppState`].
+
+use std::sync::Arc;
+
+use axum::extract::State;
+
+use crate::config::Config;
+use crate::event::Limits;
+use crate::health::{Enabled, Health};
+use crate::ingest::queue::IngestQueue;
+use crate::metrics::Metrics;
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub queue: Arc<IngestQueue>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+impl AppState {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_event_bytes: self.config.ingest.max_event_bytes,
+            max_future_skew: self.config.max_future_skew(),
+            retention_months: self.config.database.partition_retention_months,
+        }
+    }
+
+    pub fn enabled(&self) -> Enabled {
+        Enabled {
+            ingest: self.config.components.ingest,
+            consumer: self.config.components.consumer,
+        }
+    }
+}
+
+/// The state extractor of every handler.
+pub type Shared = State<Arc<AppState>>;
