@@ -1,8 +1,12 @@
 //! Pure builders: the desired state of every namespaced child of an `AuditManager`, from its
-//! spec alone (plus the checksums of config and secrets). Applied with server-side apply.
+//! spec alone (plus the checksum of its credentials), and the one list of those children that
+//! applying, deleting, the teardown preview and the controller's watches all use.
 
 use std::collections::BTreeMap;
 
+use audit_manager::config::{self as runtime, Config};
+use audit_manager::db::roles::role_name;
+use audit_manager::http::paths;
 use audit_manager_crds::AuditManager;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -11,14 +15,16 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
-use kube::api::DynamicObject;
+use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// The runtime's HTTP port.
-pub const PORT: i32 = 8000;
+use crate::context::Error;
+
 /// Seconds the runtime may take to drain its queue on SIGTERM (its shutdown timeout + slack).
 pub const DRAIN_SECONDS: i64 = 60;
+/// Where the runtime's configuration file is mounted.
+const CONFIG_DIR: &str = "/etc/audit-manager";
 
 /// Names of everything created for one resource.
 #[derive(Debug, Clone)]
@@ -32,6 +38,11 @@ pub struct Names {
 }
 
 impl Names {
+    /// The role Secrets, in [`audit_manager::db::roles::KINDS`] order.
+    pub fn role_secrets(&self) -> [&String; 3] {
+        [&self.owner_secret, &self.writer_secret, &self.reader_secret]
+    }
+
     pub fn of(name: &str) -> Names {
         Names {
             app: format!("{name}-audit-manager"),
@@ -44,12 +55,7 @@ impl Names {
     }
 }
 
-/// Role names in PostgreSQL for a database.
-pub fn role(database: &str, kind: &str) -> String {
-    format!("{database}_{kind}")
-}
-
-/// What the builders need besides the resource.
+/// What the workload builders need besides the resource.
 pub struct Inputs<'a> {
     pub am: &'a AuditManager,
     /// SHA-256 of the rendered config and of the credentials, so a change rolls the pods.
@@ -82,11 +88,21 @@ pub fn labels(am: &AuditManager) -> BTreeMap<String, String> {
     ])
 }
 
-fn selector(am: &AuditManager) -> Value {
-    json!({
-        "app.kubernetes.io/name": "audit-manager",
-        "app.kubernetes.io/instance": name_of(am),
-    })
+/// The labels that select this resource's pods and Jobs (the first two of [`labels`]).
+pub fn selector(am: &AuditManager) -> BTreeMap<String, String> {
+    labels(am)
+        .into_iter()
+        .filter(|(k, _)| k != "app.kubernetes.io/managed-by")
+        .collect()
+}
+
+/// [`selector`] as a label selector string, for list calls.
+pub fn selector_string(am: &AuditManager) -> String {
+    selector(am)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn metadata(am: &AuditManager, name: &str) -> Value {
@@ -104,52 +120,71 @@ pub fn hash(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The runtime configuration file rendered from the spec (no secrets: the password comes from
-/// the writer Secret through the environment).
-pub fn runtime_config(am: &AuditManager) -> String {
+/// The runtime's configuration for this spec, as the runtime's own type. The writer's
+/// password is not in it: it comes from the writer Secret through the environment.
+pub fn runtime_config(am: &AuditManager) -> Config {
     let spec = &am.spec;
     let database = spec.database_name(&name_of(am));
-    let config = json!({
-        "audit_manager": {
-            "server": {"host": "0.0.0.0", "port": PORT, "shutdown_timeout_seconds": DRAIN_SECONDS - 10},
-            "ingest": {
-                "queue_max_size": spec.ingest.queue_max_size,
-                "max_batch_size": spec.ingest.max_batch_size,
-                "ack_mode": spec.ingest.ack_mode,
-            },
-            "kafka": {
-                "bootstrap_servers": spec.kafka.bootstrap_servers,
-                "topic": spec.kafka.events_topic.name,
-                "dlq_topic": spec.kafka.dlq_topic.name,
-                "consumer_group": spec.kafka.consumer_group,
-            },
-            "database": {
-                "host": spec.database.host,
-                "port": spec.database.port,
-                "name": database,
-                "user": role(&database, "writer"),
-                "sslmode": spec.database.ssl_mode.as_str(),
-                "partition_pre_create_months": spec.retention.pre_create_months,
-                "partition_retention_months": spec.retention.months,
-            },
-            // Partition maintenance runs in the CronJob as the owner role.
-            "components": {"ingest": true, "consumer": true, "maintenance": false},
-            "log": {"level": "info", "format": "json"},
-        }
-    });
-    serde_yaml::to_string(&config).unwrap_or_default()
+    let count = |v: i64, default: usize| usize::try_from(v).unwrap_or(default);
+    let months = |v: i32| u32::try_from(v).unwrap_or(0);
+    let mut c = Config::default();
+    c.server.host = "0.0.0.0".into();
+    c.server.port = runtime::DEFAULT_PORT;
+    c.server.shutdown_timeout_seconds = (DRAIN_SECONDS - 10) as u64;
+    c.ingest.queue_max_size = count(spec.ingest.queue_max_size, c.ingest.queue_max_size);
+    c.ingest.max_batch_size = count(spec.ingest.max_batch_size, c.ingest.max_batch_size);
+    c.ingest.ack_mode = match spec.ingest.ack_mode {
+        audit_manager_crds::AckMode::Queued => runtime::AckMode::Queued,
+        audit_manager_crds::AckMode::Kafka => runtime::AckMode::Kafka,
+    };
+    c.kafka.bootstrap_servers = spec.kafka.bootstrap_servers.clone();
+    c.kafka.topic = spec.kafka.events_topic.name.clone();
+    c.kafka.dlq_topic = spec.kafka.dlq_topic.name.clone();
+    c.kafka.consumer_group = spec.kafka.consumer_group.clone();
+    c.database.host = spec.database.host.clone();
+    c.database.port = u16::try_from(spec.database.port).unwrap_or(c.database.port);
+    c.database.user = role_name(&database, "writer");
+    c.database.name = database;
+    c.database.sslmode = spec.database.ssl_mode.as_str().into();
+    c.database.partition_pre_create_months = months(spec.retention.pre_create_months);
+    c.database.partition_retention_months = months(spec.retention.months);
+    // Partition maintenance runs in the CronJob as the owner role.
+    c.components.maintenance = false;
+    c.log.level = "info".into();
+    c.log.format = "json".into();
+    c
 }
 
-pub fn config_map(am: &AuditManager, names: &Names) -> ConfigMap {
+/// The configuration file the runtime reads at `$CONFIG_PATH`, without secrets.
+pub fn runtime_config_file(am: &AuditManager) -> Result<String, Error> {
+    let file = json!({ "audit_manager": runtime_config(am).without_secrets() });
+    serde_yaml::to_string(&file).map_err(|e| Error::Build {
+        kind: "ConfigMap".into(),
+        message: e.to_string(),
+    })
+}
+
+pub fn config_map(am: &AuditManager, names: &Names) -> Result<ConfigMap, Error> {
     from(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": metadata(am, &names.config),
-        "data": {"config.yaml": runtime_config(am)},
+        "data": {"config.yaml": runtime_config_file(am)?},
     }))
 }
 
 fn image(am: &AuditManager) -> String {
     format!("{}:{}", am.spec.image.repository, am.spec.image.tag)
+}
+
+/// Where the runtime finds its configuration file.
+fn config_path() -> Value {
+    json!({"name": runtime::CONFIG_PATH_VAR, "value": format!("{CONFIG_DIR}/config.yaml")})
+}
+
+/// The database password, from a role Secret.
+fn password_from(secret: &str) -> Value {
+    json!({"name": runtime::env_var("database.password"),
+           "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}})
 }
 
 fn container_security() -> Value {
@@ -161,7 +196,7 @@ fn container_security() -> Value {
     })
 }
 
-pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Deployment {
+pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Result<Deployment, Error> {
     let am = inputs.am;
     let spec = &am.spec;
     let mut pod_labels = labels(am);
@@ -193,18 +228,17 @@ pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Deployment {
                     "imagePullPolicy": spec.image.pull_policy,
                     "args": ["serve"],
                     "env": [
-                        {"name": "CONFIG_PATH", "value": "/etc/audit-manager/config.yaml"},
-                        {"name": "AUDIT_MANAGER__DATABASE__PASSWORD",
-                         "valueFrom": {"secretKeyRef": {"name": names.writer_secret, "key": "password"}}},
+                        config_path(),
+                        password_from(&names.writer_secret),
                     ],
-                    "ports": [{"name": "http", "containerPort": PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/v1/auditmanager/health/ready", "port": "http"},
+                    "ports": [{"name": "http", "containerPort": runtime::DEFAULT_PORT}],
+                    "readinessProbe": {"httpGet": {"path": paths::READY, "port": "http"},
                                        "periodSeconds": 5, "failureThreshold": 2},
-                    "livenessProbe": {"httpGet": {"path": "/v1/auditmanager/health/live", "port": "http"},
+                    "livenessProbe": {"httpGet": {"path": paths::LIVE, "port": "http"},
                                       "periodSeconds": 10, "failureThreshold": 6},
                     "resources": spec.resources,
                     "securityContext": container_security(),
-                    "volumeMounts": [{"name": "config", "mountPath": "/etc/audit-manager", "readOnly": true}],
+                    "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}],
                 }],
                 "volumes": [{"name": "config", "configMap": {"name": names.config}}],
             }
@@ -222,7 +256,7 @@ pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Deployment {
     }))
 }
 
-pub fn service(am: &AuditManager, names: &Names) -> Service {
+pub fn service(am: &AuditManager, names: &Names) -> Result<Service, Error> {
     from(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": metadata(am, &names.app),
@@ -233,7 +267,7 @@ pub fn service(am: &AuditManager, names: &Names) -> Service {
     }))
 }
 
-pub fn hpa(am: &AuditManager, names: &Names) -> HorizontalPodAutoscaler {
+pub fn hpa(am: &AuditManager, names: &Names) -> Result<HorizontalPodAutoscaler, Error> {
     let a = &am.spec.autoscaling;
     let metric = |name: &str, target: i32| {
         json!({"type": "Resource", "resource": {"name": name,
@@ -252,7 +286,7 @@ pub fn hpa(am: &AuditManager, names: &Names) -> HorizontalPodAutoscaler {
     }))
 }
 
-pub fn pdb(am: &AuditManager, names: &Names) -> PodDisruptionBudget {
+pub fn pdb(am: &AuditManager, names: &Names) -> Result<PodDisruptionBudget, Error> {
     from(json!({
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
         "metadata": metadata(am, &names.app),
@@ -260,7 +294,7 @@ pub fn pdb(am: &AuditManager, names: &Names) -> PodDisruptionBudget {
     }))
 }
 
-pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> CronJob {
+pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> Result<CronJob, Error> {
     let am = inputs.am;
     let database = am.spec.database_name(&name_of(am));
     from(json!({
@@ -284,13 +318,12 @@ pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> CronJob {
                             "imagePullPolicy": am.spec.image.pull_policy,
                             "args": ["maintain"],
                             "env": [
-                                {"name": "CONFIG_PATH", "value": "/etc/audit-manager/config.yaml"},
-                                {"name": "AUDIT_MANAGER__DATABASE__USER", "value": role(&database, "owner")},
-                                {"name": "AUDIT_MANAGER__DATABASE__PASSWORD",
-                                 "valueFrom": {"secretKeyRef": {"name": names.owner_secret, "key": "password"}}},
+                                config_path(),
+                                {"name": runtime::env_var("database.user"), "value": role_name(&database, "owner")},
+                                password_from(&names.owner_secret),
                             ],
                             "securityContext": container_security(),
-                            "volumeMounts": [{"name": "config", "mountPath": "/etc/audit-manager", "readOnly": true}],
+                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}],
                         }],
                         "volumes": [{"name": "config", "configMap": {"name": names.config}}],
                     }
@@ -301,7 +334,7 @@ pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> CronJob {
 }
 
 /// The Istio VirtualService routing the path prefix to the Service.
-pub fn virtual_service(am: &AuditManager, names: &Names) -> DynamicObject {
+pub fn virtual_service(am: &AuditManager, names: &Names) -> Result<DynamicObject, Error> {
     let istio = &am.spec.istio;
     from(json!({
         "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
@@ -319,34 +352,173 @@ pub fn virtual_service(am: &AuditManager, names: &Names) -> DynamicObject {
     }))
 }
 
-/// Istio's VirtualService kind (not in k8s-openapi).
-pub fn virtual_service_resource() -> kube::api::ApiResource {
-    kube::api::ApiResource {
-        group: "networking.istio.io".into(),
-        version: "v1".into(),
-        api_version: "networking.istio.io/v1".into(),
-        kind: "VirtualService".into(),
-        plural: "virtualservices".into(),
-    }
-}
-
 /// The in-cluster endpoint emitters POST to.
 pub fn endpoint(am: &AuditManager, names: &Names) -> String {
     match (&am.spec.istio.enabled, &am.spec.istio.hostname) {
         (true, Some(host)) => format!("https://{host}{}events", am.spec.istio.path_prefix),
         _ => format!(
-            "http://{}.{}.svc/v1/auditmanager/events",
+            "http://{}.{}.svc{}",
             names.app,
-            namespace_of(am)
+            namespace_of(am),
+            paths::EVENTS
         ),
     }
 }
 
-/// Builds a typed object from JSON built in this module; the shapes are fixed here, so a
-/// failure is a bug in this file, caught by its tests.
-fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value)
-        .unwrap_or_else(|e| panic!("builder produced an invalid object: {e}"))
+/// Builds a typed object from JSON built in this module. k8s-openapi drops keys it does not
+/// know without a word, so the object is written back and every key sent must still be there:
+/// a misspelt key is an error, not a field that silently vanishes.
+fn from<T: serde::de::DeserializeOwned + serde::Serialize>(value: Value) -> Result<T, Error> {
+    let kind = value["kind"].as_str().unwrap_or("object").to_string();
+    let fail = |message: String| Error::Build {
+        kind: kind.clone(),
+        message,
+    };
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| fail(e.to_string()))?;
+    let back = serde_json::to_value(&typed).map_err(|e| fail(e.to_string()))?;
+    let lost = lost_keys(&value, &back, "");
+    if lost.is_empty() {
+        Ok(typed)
+    } else {
+        Err(fail(format!(
+            "keys not part of the kind: {}",
+            lost.join(", ")
+        )))
+    }
+}
+
+/// The paths of keys in `sent` that `back` lacks (a null stands for an absent key).
+fn lost_keys(sent: &Value, back: &Value, at: &str) -> Vec<String> {
+    match (sent, back) {
+        (Value::Object(s), Value::Object(b)) => s
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .flat_map(|(k, v)| {
+                let path = format!("{at}.{k}");
+                match b.get(k) {
+                    Some(w) => lost_keys(v, w, &path),
+                    None => vec![path],
+                }
+            })
+            .collect(),
+        (Value::Array(s), Value::Array(b)) => s
+            .iter()
+            .zip(b)
+            .enumerate()
+            .flat_map(|(i, (v, w))| lost_keys(v, w, &format!("{at}[{i}]")))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A typed child as the dynamic object every child is applied and deleted as.
+fn dynamic<K: serde::Serialize>(typed: &K) -> Result<DynamicObject, Error> {
+    Ok(serde_json::from_value(serde_json::to_value(typed)?)?)
+}
+
+/// The kinds of child, in the order they are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    ConfigMap,
+    Deployment,
+    Service,
+    HorizontalPodAutoscaler,
+    PodDisruptionBudget,
+    CronJob,
+    VirtualService,
+}
+
+impl Kind {
+    /// Every kind of child: the one list.
+    pub const ALL: [Kind; 7] = [
+        Kind::ConfigMap,
+        Kind::Deployment,
+        Kind::Service,
+        Kind::HorizontalPodAutoscaler,
+        Kind::PodDisruptionBudget,
+        Kind::CronJob,
+        Kind::VirtualService,
+    ];
+
+    /// The API resource, for dynamic reads, applies, deletes and watches.
+    pub fn resource(self) -> ApiResource {
+        match self {
+            Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
+            Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+            Kind::Service => ApiResource::erase::<Service>(&()),
+            Kind::HorizontalPodAutoscaler => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+            Kind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
+            Kind::CronJob => ApiResource::erase::<CronJob>(&()),
+            Kind::VirtualService => ApiResource {
+                group: "networking.istio.io".into(),
+                version: "v1".into(),
+                api_version: "networking.istio.io/v1".into(),
+                kind: "VirtualService".into(),
+                plural: "virtualservices".into(),
+            },
+        }
+    }
+
+    /// The CRD that must be installed before this kind exists; None for built-in kinds.
+    pub fn crd(self) -> Option<&'static str> {
+        match self {
+            Kind::VirtualService => Some("virtualservices.networking.istio.io"),
+            _ => None,
+        }
+    }
+
+    /// This kind's child of the resource with these names.
+    pub fn name(self, names: &Names) -> &str {
+        match self {
+            Kind::ConfigMap => &names.config,
+            Kind::CronJob => &names.maintenance,
+            _ => &names.app,
+        }
+    }
+}
+
+/// One child: what it is, and what it should be (None: it should not exist).
+#[derive(Debug, Clone)]
+pub struct Child {
+    pub kind: Kind,
+    pub name: String,
+    pub desired: Option<DynamicObject>,
+}
+
+/// Every child of the resource, in [`Kind::ALL`] order. `secret_hash` is the checksum of the
+/// role credentials: a change rolls the pods, as a change of the rendered config does.
+pub fn children(am: &AuditManager, names: &Names, secret_hash: &str) -> Result<Vec<Child>, Error> {
+    let config_map = config_map(am, names)?;
+    let inputs = Inputs {
+        am,
+        config_hash: hash(serde_json::to_string(&config_map.data)?.as_bytes()),
+        secret_hash: secret_hash.to_string(),
+    };
+    Kind::ALL
+        .into_iter()
+        .map(|kind| {
+            let desired = match kind {
+                Kind::ConfigMap => Some(dynamic(&config_map)?),
+                Kind::Deployment => Some(dynamic(&deployment(&inputs, names)?)?),
+                Kind::Service => Some(dynamic(&service(am, names)?)?),
+                Kind::HorizontalPodAutoscaler => match am.spec.autoscaling.enabled {
+                    true => Some(dynamic(&hpa(am, names)?)?),
+                    false => None,
+                },
+                Kind::PodDisruptionBudget => Some(dynamic(&pdb(am, names)?)?),
+                Kind::CronJob => Some(dynamic(&cronjob(&inputs, names)?)?),
+                Kind::VirtualService => match am.spec.istio.enabled {
+                    true => Some(virtual_service(am, names)?),
+                    false => None,
+                },
+            };
+            Ok(Child {
+                kind,
+                name: kind.name(names).to_string(),
+                desired,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -383,7 +555,7 @@ mod tests {
     fn the_config_renders_the_spec_without_secrets() {
         let a =
             am(json!({"ingest": {"queueMaxSize": 20000, "maxBatchSize": 100, "ackMode": "kafka"}}));
-        let text = runtime_config(&a);
+        let text = runtime_config_file(&a).expect("config file");
         let v: Value = serde_yaml::from_str(&text).expect("yaml");
         let c = &v["audit_manager"];
         assert_eq!(c["ingest"]["queue_max_size"], json!(20000));
@@ -401,7 +573,8 @@ mod tests {
     fn the_deployment_is_hardened_probed_and_rolls_on_changes() {
         let a = am(json!({}));
         let names = Names::of("prod-audit");
-        let d = serde_json::to_value(deployment(&inputs(&a), &names)).expect("json");
+        let d = serde_json::to_value(deployment(&inputs(&a), &names).expect("deployment"))
+            .expect("json");
         let spec = &d["spec"];
         assert!(spec.get("replicas").is_none(), "the HPA owns replicas");
         let pod = &spec["template"]["spec"];
@@ -429,14 +602,17 @@ mod tests {
         );
 
         let fixed = am(json!({"autoscaling": {"enabled": false}, "replicas": 3}));
-        let d = serde_json::to_value(deployment(&inputs(&fixed), &names)).expect("json");
+        let d = serde_json::to_value(deployment(&inputs(&fixed), &names).expect("deployment"))
+            .expect("json");
         assert_eq!(d["spec"]["replicas"], json!(3));
     }
 
     #[test]
     fn the_cronjob_runs_maintain_as_the_owner_one_at_a_time() {
         let a = am(json!({"retention": {"maintenanceSchedule": "@hourly"}}));
-        let c = serde_json::to_value(cronjob(&inputs(&a), &Names::of("prod-audit"))).expect("json");
+        let c =
+            serde_json::to_value(cronjob(&inputs(&a), &Names::of("prod-audit")).expect("cronjob"))
+                .expect("json");
         assert_eq!(c["spec"]["schedule"], json!("@hourly"));
         assert_eq!(c["spec"]["concurrencyPolicy"], json!("Forbid"));
         let container = &c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
@@ -456,11 +632,110 @@ mod tests {
             endpoint(&a, &names),
             "https://audit.example.org/v1/auditmanager/events"
         );
-        let vs = serde_json::to_value(virtual_service(&a, &names)).expect("json");
+        let vs = serde_json::to_value(virtual_service(&a, &names).expect("virtual service"))
+            .expect("json");
         assert_eq!(
             vs["spec"]["http"][0]["match"][0]["uri"]["prefix"],
             json!("/v1/auditmanager/")
         );
         assert_eq!(vs["spec"]["hosts"], json!(["audit.example.org"]));
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_not_a_silent_loss() {
+        let typo = from::<Service>(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "x", "namespace": "n"},
+            "spec": {"selectr": {"app": "x"}, "ports": [{"port": 80, "targetPrt": "http"}]},
+        }));
+        let Err(Error::Build { kind, message }) = typo else {
+            panic!("a misspelt key must be refused: {typo:?}");
+        };
+        assert_eq!(kind, "Service");
+        assert!(message.contains(".spec.selectr"), "{message}");
+        assert!(message.contains(".spec.ports[0].targetPrt"), "{message}");
+        let fine = from::<Service>(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "x", "namespace": "n", "labels": null},
+            "spec": {"selector": {"app": "x"}},
+        }));
+        assert!(fine.is_ok(), "a null stands for an absent key: {fine:?}");
+    }
+
+    fn specs() -> Vec<AuditManager> {
+        vec![
+            am(json!({})),
+            am(json!({"autoscaling": {"enabled": false}, "replicas": 2,
+                      "ingest": {"queueMaxSize": 20000, "maxBatchSize": 100, "ackMode": "kafka"}})),
+            am(
+                json!({"istio": {"enabled": true, "hostname": "audit.example.org"},
+                      "retention": {"months": 0, "preCreateMonths": 6, "maintenanceSchedule": "@hourly"},
+                      "database": {"host": "pg.db", "port": 6432, "name": "audit", "sslMode": "verify-full",
+                                   "adminSecretRef": {"name": "admin"}},
+                      "placement": {"nodeSelector": {"disk": "ssd"}, "priorityClassName": "high",
+                                    "podLabels": {"team": "g2p"}, "podAnnotations": {"a": "b"}}}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_child_of_every_spec_builds_without_losing_a_key() {
+        for a in specs() {
+            let names = Names::of("prod-audit");
+            let children = children(&a, &names, "s1").expect("children");
+            let kinds: Vec<Kind> = children.iter().map(|c| c.kind).collect();
+            assert_eq!(kinds, Kind::ALL);
+            for c in &children {
+                assert_eq!(c.name, c.kind.name(&names));
+                if let Some(d) = &c.desired {
+                    assert_eq!(d.metadata.name.as_deref(), Some(c.name.as_str()));
+                    let kind = d.types.as_ref().map(|t| t.kind.clone());
+                    assert_eq!(kind, Some(c.kind.resource().kind));
+                }
+            }
+            let desired = |k: Kind| children.iter().any(|c| c.kind == k && c.desired.is_some());
+            assert_eq!(
+                desired(Kind::HorizontalPodAutoscaler),
+                a.spec.autoscaling.enabled
+            );
+            assert_eq!(desired(Kind::VirtualService), a.spec.istio.enabled);
+        }
+    }
+
+    #[test]
+    fn the_runtime_loads_exactly_what_the_operator_renders() {
+        for a in specs() {
+            let file = tempfile::NamedTempFile::new().expect("temp file");
+            std::fs::write(file.path(), runtime_config_file(&a).expect("config file"))
+                .expect("write");
+            let env = std::collections::BTreeMap::from([
+                (
+                    runtime::CONFIG_PATH_VAR.to_string(),
+                    file.path().display().to_string(),
+                ),
+                (runtime::env_var("database.password"), "pw".to_string()),
+            ]);
+            let loaded = Config::load_from(&env).expect("the runtime accepts the rendered file");
+            assert_eq!(
+                loaded.without_secrets(),
+                runtime_config(&a).without_secrets()
+            );
+            assert_eq!(loaded.database.password, "pw");
+            assert_eq!(loaded.server.port, runtime::DEFAULT_PORT);
+        }
+    }
+
+    #[test]
+    fn the_selector_picks_this_resource_only() {
+        let a = am(json!({}));
+        assert_eq!(
+            selector_string(&a),
+            "app.kubernetes.io/instance=prod-audit,app.kubernetes.io/name=audit-manager"
+        );
+        let d = serde_json::to_value(
+            deployment(&inputs(&a), &Names::of("prod-audit")).expect("deployment"),
+        )
+        .expect("json");
+        assert_eq!(d["spec"]["selector"]["matchLabels"], json!(selector(&a)));
     }
 }

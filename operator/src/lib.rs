@@ -1,12 +1,21 @@
 //! audit-manager-operator: reconciles `AuditManager` resources into a database with its roles,
 //! Kafka topics and the runtime workload, and reports what it sees in the status.
+//!
+//! A reconcile is a pipeline ([`controller`]): [`provision`] the external things ([`database`],
+//! [`topics`], with [`credentials`] from Secrets) → [`build`] the children (pure) → [`apply`]
+//! them → [`observe`] the workload, health and lag → [`status`] (pure). Deletion is
+//! [`teardown`]. What every step shares is in [`context`].
 
-pub mod builders;
-pub mod conditions;
+pub mod apply;
+pub mod build;
+pub mod context;
 pub mod controller;
+pub mod credentials;
 pub mod database;
 pub mod lease;
 pub mod metrics;
-pub mod probe;
+pub mod observe;
+pub mod provision;
+pub mod status;
 pub mod teardown;
 pub mod topics;

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use audit_manager_operator::controller::{self, Ctx};
+use audit_manager_operator::context::Ctx;
+use audit_manager_operator::controller;
 use audit_manager_operator::{lease, metrics::Metrics};
 use axum::Router;
 use axum::routing::get;

@@ -2,25 +2,60 @@
 //! the topics, then the generated Secrets; only what this resource created, each step
 //! idempotent, reported as an Event and in a `Terminating` condition while it waits.
 
-use audit_manager::db::ident;
-use audit_manager_crds::{AuditManager, DeletionPolicy, SKIP_EXTERNAL_TEARDOWN};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use std::time::Duration;
 
-use crate::builders::{self, Names, role};
-use crate::conditions::Problem;
-use crate::controller::Ctx;
-use crate::database;
+use audit_manager::db::roles::{KINDS, role_name};
+use audit_manager_crds::{AuditManager, DeletionPolicy, FINALIZER, SKIP_EXTERNAL_TEARDOWN};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use crate::apply::{self, api_of, crd_installed, delete_owned};
+use crate::build::{self, Kind, Names};
+use crate::context::{Ctx, Error};
+use crate::status::{self, Problem};
+use crate::{credentials, database, topics};
+
+/// The deletion branch of a reconcile: the next teardown steps, then the finalizer goes.
+pub async fn finalize(ctx: &Ctx, am: &AuditManager) -> Result<Action, Error> {
+    if !am.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    match run(am, ctx).await? {
+        Progress::Done => Ok(match apply::set_finalizer(&ctx.client, am, false).await? {
+            true => Action::await_change(),
+            false => Action::requeue(Duration::from_secs(1)),
+        }),
+        Progress::Waiting(p) => {
+            tracing::info!(reason = p.reason, message = %p.message, "teardown waiting");
+            let previous = am.status.clone().unwrap_or_default();
+            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            let conditions =
+                status::terminating(&previous.conditions, &p, am.metadata.generation, &now);
+            if conditions != previous.conditions {
+                let api: Api<AuditManager> =
+                    Api::namespaced(ctx.client.clone(), &am.namespace().unwrap_or_default());
+                api.patch_status(
+                    &am.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"status": {"conditions": conditions}})),
+                )
+                .await?;
+                let note = format!("deletion waits: {}", p.message);
+                ctx.event(am, EventType::Warning, p.reason, note).await;
+            }
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+    }
+}
 
 /// Where teardown stands.
-pub enum Progress {
+enum Progress {
     Done,
     /// Waiting for something; the Problem names it.
     Waiting(Problem),
@@ -32,33 +67,46 @@ fn skip_external(am: &AuditManager) -> bool {
         .is_some_and(|v| v == "true")
 }
 
+fn owned_topics(am: &AuditManager) -> Vec<String> {
+    am.status
+        .as_ref()
+        .map(|s| s.owned_topics.clone())
+        .unwrap_or_default()
+}
+
 /// What deletion would remove and leave, for `status.teardownPreview`.
 pub fn preview(am: &AuditManager) -> Vec<String> {
     let name = am.name_any();
     let names = Names::of(&name);
     let database = am.spec.database_name(&name);
-    let mut out = vec![format!(
-        "Deployment, Service, HPA, PodDisruptionBudget, ConfigMap {}-config, CronJob {} and its Jobs, VirtualService (if any): {}",
-        names.app, names.maintenance, names.app
-    )];
+    let children: Vec<String> = Kind::ALL
+        .iter()
+        .map(|k| {
+            let what = format!("{k:?} {}", k.name(&names));
+            match (k, k.crd()) {
+                (Kind::CronJob, _) => format!("{what} and its Jobs"),
+                (_, Some(_)) => format!("{what} (if any)"),
+                _ => what,
+            }
+        })
+        .collect();
+    let mut out = vec![children.join(", ")];
     if skip_external(am) {
         out.push(format!(
             "database, roles and topics: left alone ({SKIP_EXTERNAL_TEARDOWN})"
         ));
     } else {
+        let roles = KINDS.map(|k| role_name(&database, k)).join(", ");
         match am.spec.deletion_policy.database {
             DeletionPolicy::Delete => out.push(format!(
-                "database {database} and roles {}, {}, {} on {}:{} (only if created by this resource)",
-                role(&database, "owner"), role(&database, "writer"), role(&database, "reader"),
+                "database {database} and roles {roles} on {}:{} (only if created by this resource)",
                 am.spec.database.host, am.spec.database.port
             )),
-            DeletionPolicy::Retain => out.push(format!("database {database} and its roles: retained (deletionPolicy.database Retain)")),
+            DeletionPolicy::Retain => out.push(format!(
+                "database {database} and its roles: retained (deletionPolicy.database Retain)"
+            )),
         }
-        let owned = am
-            .status
-            .as_ref()
-            .map(|s| s.owned_topics.clone())
-            .unwrap_or_default();
+        let owned = owned_topics(am);
         match am.spec.deletion_policy.topics {
             DeletionPolicy::Delete if owned.is_empty() => {
                 out.push("topics: none created by this resource".into())
@@ -74,15 +122,13 @@ pub fn preview(am: &AuditManager) -> Vec<String> {
             )),
         }
     }
-    out.push(format!(
-        "Secrets {}, {}, {}",
-        names.owner_secret, names.writer_secret, names.reader_secret
-    ));
+    let secrets: Vec<&str> = names.role_secrets().map(String::as_str).to_vec();
+    out.push(format!("Secrets {}", secrets.join(", ")));
     out
 }
 
 /// Runs the next teardown steps; `Done` when the finalizer may go.
-pub async fn run(am: &AuditManager, ctx: &Ctx) -> Result<Progress, kube::Error> {
+async fn run(am: &AuditManager, ctx: &Ctx) -> Result<Progress, kube::Error> {
     let name = am.name_any();
     let names = Names::of(&name);
     // 1. The workload and the other namespaced children.
@@ -108,14 +154,10 @@ pub async fn run(am: &AuditManager, ctx: &Ctx) -> Result<Progress, kube::Error> 
         }
     }
     // 4. The generated Secrets, and the hold on the admin Secret.
-    database::release_admin_secret(&ctx.client, am).await?;
+    credentials::release_admin_secret(&ctx.client, am).await?;
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &am.namespace().unwrap_or_default());
-    for secret in [
-        &names.owner_secret,
-        &names.writer_secret,
-        &names.reader_secret,
-    ] {
+    for secret in names.role_secrets() {
         delete_owned(&secrets, secret, am).await?;
     }
     ctx.event(
@@ -128,29 +170,8 @@ pub async fn run(am: &AuditManager, ctx: &Ctx) -> Result<Progress, kube::Error> 
     Ok(Progress::Done)
 }
 
-/// Deletes a child by name when this resource owns it; true while it still exists.
-async fn delete_owned<K>(api: &Api<K>, name: &str, am: &AuditManager) -> Result<bool, kube::Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let Some(current) = api.get_metadata_opt(name).await? else {
-        return Ok(false);
-    };
-    let uid = am.uid().unwrap_or_default();
-    let ours = current
-        .metadata
-        .owner_references
-        .as_ref()
-        .is_some_and(|refs| refs.iter().any(|r| r.uid == uid));
-    if !ours {
-        return Ok(false);
-    }
-    if current.metadata.deletion_timestamp.is_none() {
-        api.delete(name, &DeleteParams::background()).await?;
-    }
-    Ok(api.get_metadata_opt(name).await?.is_some())
-}
-
+/// Scales the workload to zero (so its pods drain their queues), then deletes every child
+/// and the maintenance Jobs; returns what still exists.
 async fn delete_children(
     am: &AuditManager,
     ctx: &Ctx,
@@ -159,7 +180,6 @@ async fn delete_children(
     let ns = am.namespace().unwrap_or_default();
     let c = &ctx.client;
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
-    // Scale to zero first so the pods drain their queues while the rest goes.
     if let Some(d) = deployments.get_opt(&names.app).await?
         && d.spec.as_ref().and_then(|s| s.replicas) != Some(0)
         && d.metadata.deletion_timestamp.is_none()
@@ -173,40 +193,20 @@ async fn delete_children(
             .await?;
     }
     let mut remaining = Vec::new();
-    let mut check = |still: bool, what: String| {
-        if still {
-            remaining.push(what);
+    for kind in Kind::ALL {
+        if let Some(crd) = kind.crd()
+            && !crd_installed(c, crd).await?
+        {
+            continue;
         }
-    };
-    check(
-        delete_owned(
-            &Api::<HorizontalPodAutoscaler>::namespaced(c.clone(), &ns),
-            &names.app,
-            am,
-        )
-        .await?,
-        format!("HorizontalPodAutoscaler {}", names.app),
-    );
-    check(
-        delete_owned(&deployments, &names.app, am).await?,
-        format!("Deployment {}", names.app),
-    );
-    check(
-        delete_owned(
-            &Api::<CronJob>::namespaced(c.clone(), &ns),
-            &names.maintenance,
-            am,
-        )
-        .await?,
-        format!("CronJob {}", names.maintenance),
-    );
+        let name = kind.name(names);
+        if delete_owned(&api_of(c, am, kind), name, am).await? == Some(true) {
+            remaining.push(format!("{kind:?} {name}"));
+        }
+    }
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
-    let selector = format!(
-        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by=audit-manager-operator",
-        am.name_any()
-    );
     for job in jobs
-        .list_metadata(&ListParams::default().labels(&selector))
+        .list_metadata(&ListParams::default().labels(&build::selector_string(am)))
         .await?
         .items
     {
@@ -214,45 +214,9 @@ async fn delete_children(
         if job.metadata.deletion_timestamp.is_none() {
             jobs.delete(&job_name, &DeleteParams::background()).await?;
         }
-        check(
-            jobs.get_metadata_opt(&job_name).await?.is_some(),
-            format!("Job {job_name}"),
-        );
-    }
-    check(
-        delete_owned(
-            &Api::<PodDisruptionBudget>::namespaced(c.clone(), &ns),
-            &names.app,
-            am,
-        )
-        .await?,
-        format!("PodDisruptionBudget {}", names.app),
-    );
-    check(
-        delete_owned(&Api::<Service>::namespaced(c.clone(), &ns), &names.app, am).await?,
-        format!("Service {}", names.app),
-    );
-    check(
-        delete_owned(
-            &Api::<ConfigMap>::namespaced(c.clone(), &ns),
-            &names.config,
-            am,
-        )
-        .await?,
-        format!("ConfigMap {}", names.config),
-    );
-    let resource = builders::virtual_service_resource();
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(c.clone());
-    if crds
-        .get_opt("virtualservices.networking.istio.io")
-        .await?
-        .is_some()
-    {
-        let services: Api<DynamicObject> = Api::namespaced_with(c.clone(), &ns, &resource);
-        check(
-            delete_owned(&services, &names.app, am).await?,
-            format!("VirtualService {}", names.app),
-        );
+        if jobs.get_metadata_opt(&job_name).await?.is_some() {
+            remaining.push(format!("Job {job_name}"));
+        }
     }
     if remaining.is_empty() {
         ctx.event(
@@ -268,15 +232,15 @@ async fn delete_children(
 
 async fn drop_database(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
     let name = am.name_any();
-    let database = am.spec.database_name(&name);
-    let roles = ["owner", "writer", "reader"].map(|k| role(&database, k));
+    let db_name = am.spec.database_name(&name);
+    let roles = KINDS.map(|k| role_name(&db_name, k));
     if am.spec.deletion_policy.database == DeletionPolicy::Retain {
         ctx.event(
             am,
             EventType::Normal,
             "DatabaseRetained",
             format!(
-                "deletionPolicy.database is Retain: database {database} and roles {} stay on {}:{}",
+                "deletionPolicy.database is Retain: database {db_name} and roles {} stay on {}:{}",
                 roles.join(", "),
                 am.spec.database.host,
                 am.spec.database.port
@@ -285,135 +249,20 @@ async fn drop_database(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
         .await;
         return Ok(());
     }
-    let admin = database::admin_login(&ctx.client, am).await?;
-    let am_owned = am.clone();
-    let handle = tokio::runtime::Handle::current();
-    // sqlx futures over a pool are run on a blocking thread (see database::ensure).
-    let report = tokio::task::spawn_blocking(move || {
-        handle.block_on(drop_marked(
-            &am_owned,
-            (&admin.0, &admin.1),
-            &database,
-            &roles,
-        ))
-    })
-    .await
-    .map_err(|e| Problem::new("InternalError", e.to_string()))??;
+    let admin = credentials::admin_login(&ctx.client, am).await?;
+    let report = database::drop_owned(am, admin, db_name, roles.to_vec()).await?;
     let kind = if report.left.is_empty() {
         EventType::Normal
     } else {
         EventType::Warning
     };
-    ctx.event(am, kind, "DatabaseDropped", report.summary())
+    ctx.event(am, kind, "DatabaseDropped", report.to_string())
         .await;
     Ok(())
 }
 
-#[derive(Default)]
-struct Dropped {
-    dropped: Vec<String>,
-    left: Vec<String>,
-}
-
-impl Dropped {
-    fn summary(&self) -> String {
-        let mut s = if self.dropped.is_empty() {
-            "dropped nothing".to_string()
-        } else {
-            format!("dropped {}", self.dropped.join(", "))
-        };
-        if !self.left.is_empty() {
-            s.push_str(&format!(
-                "; left alone (not created by this resource): {}",
-                self.left.join(", ")
-            ));
-        }
-        s
-    }
-}
-
-async fn drop_marked(
-    am: &AuditManager,
-    admin: (&str, &str),
-    database: &str,
-    roles: &[String; 3],
-) -> Result<Dropped, Problem> {
-    let mark = database::marker(am);
-    let d = &am.spec.database;
-    let pool = database::admin_pool(am, admin).await.map_err(|e| {
-        Problem::new(
-            "DatabaseUnreachable",
-            format!(
-                "cannot connect to PostgreSQL at {}:{} to drop the database: {e}",
-                d.host, d.port
-            ),
-        )
-    })?;
-    let fail = |what: String, e: sqlx::Error| {
-        Problem::new("DatabaseTeardownFailed", format!("{what}: {e}"))
-    };
-    let mut report = Dropped::default();
-    let comment: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
-    )
-    .bind(database.to_string())
-    .fetch_optional(&pool)
-    .await
-    .map_err(|e| fail("checking the database".into(), e))?;
-    match comment {
-        None => {}
-        Some(c) if c.as_deref() == Some(mark.as_str()) => {
-            // FORCE refuses new connections and terminates the remaining sessions first.
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                ident(database)
-            )))
-            .execute(&pool)
-            .await
-            .map_err(|e| fail(format!("DROP DATABASE {database}"), e))?;
-            report.dropped.push(format!("database {database}"));
-        }
-        Some(_) => report.left.push(format!("database {database}")),
-    }
-    let admin_role: String = sqlx::query_scalar("SELECT current_user::text")
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| fail("reading the admin role".into(), e))?;
-    for r in roles {
-        let comment: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
-        )
-        .bind(r.clone())
-        .fetch_optional(&pool)
-        .await
-        .map_err(|e| fail("checking roles".into(), e))?;
-        match comment {
-            None => {}
-            Some(c) if c.as_deref() == Some(mark.as_str()) => {
-                let sql = format!(
-                    "REASSIGN OWNED BY {role} TO {admin}; DROP OWNED BY {role}; DROP ROLE {role}",
-                    role = ident(r),
-                    admin = ident(&admin_role)
-                );
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&pool)
-                    .await
-                    .map_err(|e| fail(format!("dropping role {r}"), e))?;
-                report.dropped.push(format!("role {r}"));
-            }
-            Some(_) => report.left.push(format!("role {r}")),
-        }
-    }
-    pool.close().await;
-    Ok(report)
-}
-
 async fn delete_topics(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
-    let owned = am
-        .status
-        .as_ref()
-        .map(|s| s.owned_topics.clone())
-        .unwrap_or_default();
+    let owned = owned_topics(am);
     let wanted = [
         &am.spec.kafka.events_topic.name,
         &am.spec.kafka.dlq_topic.name,
@@ -437,7 +286,7 @@ async fn delete_topics(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
         .await;
         return Ok(());
     }
-    let deleted = crate::topics::delete(&am.spec.kafka, &owned).await?;
+    let deleted = topics::delete(&am.spec.kafka, &owned).await?;
     let mut note = if deleted.is_empty() {
         "deleted no topic".to_string()
     } else {

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use audit_manager_crds::{KafkaSpec, TopicSpec};
 use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 
-use crate::conditions::Problem;
+use crate::status::Problem;
 
 fn unreachable(kafka: &KafkaSpec, e: impl std::fmt::Display) -> Problem {
     Problem::new(
@@ -194,20 +194,12 @@ pub fn lag(kafka: &KafkaSpec) -> Result<BTreeMap<i32, i64>, Problem> {
         }
     };
     drop(tpl);
-    let mut lags = BTreeMap::new();
-    for e in committed.elements_for_topic(topic) {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
-            .map_err(|e| unreachable(kafka, e))?;
-        let position = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        lags.insert(e.partition(), (high - position).max(0));
-    }
+    let lags =
+        audit_manager::kafka::lag::lag(&consumer, &committed, topic, Duration::from_secs(10))
+            .map_err(|e| unreachable(kafka, e));
     // The partition list holds references into the client: release it before the consumer.
     drop(committed);
-    Ok(lags)
+    lags
 }
 
 /// Deletes `names` (those that exist).

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use audit_manager_crds::AuditManager;
-use audit_manager_operator::controller::{self, Ctx};
+use audit_manager_operator::context::Ctx;
+use audit_manager_operator::controller;
 use audit_manager_operator::metrics::Metrics;
 use common::{Fixture, condition};
 use k8s_openapi::api::core::v1::{Pod, Secret};

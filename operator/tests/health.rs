@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use audit_manager_crds::AuditManager;
-use audit_manager_operator::controller::{Ctx, reconcile};
+use audit_manager_operator::context::Ctx;
+use audit_manager_operator::controller::reconcile;
 use audit_manager_operator::metrics::Metrics;
 use common::{Fixture, condition};
 use k8s_openapi::api::apps::v1::Deployment;

@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use audit_manager_operator::controller::{self, Ctx};
+use audit_manager_operator::context::Ctx;
+use audit_manager_operator::controller;
 use audit_manager_operator::metrics::Metrics;
 use common::{Fixture, condition, topic_partitions};
 use k8s_openapi::api::apps::v1::ReplicaSet;

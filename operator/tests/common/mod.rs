@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_manager_crds::AuditManager;
-use audit_manager_operator::controller::{Ctx, reconcile};
+use audit_manager_operator::context::Ctx;
+use audit_manager_operator::controller::reconcile;
 use audit_manager_operator::metrics::Metrics;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

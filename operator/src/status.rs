@@ -1,0 +1,507 @@
+//! The status, as a pure function: what a reconcile observed in, conditions out. Every
+//! condition says what is wrong in a CamelCase reason and a message that says what to do.
+
+use std::collections::BTreeMap;
+
+use audit_manager_crds::{AuditManager, AuditManagerStatus, ConsumerLag};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// A failed step: a CamelCase reason and a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &'static str, message: String) -> Problem {
+        Problem { reason, message }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+/// A step's outcome: the message of a True condition, or why it is False.
+pub type Outcome = Result<String, Problem>;
+
+/// The runtime Deployment as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub message: String,
+    pub desired: i32,
+    pub ready: i32,
+}
+
+/// Everything one reconcile found out, each from its own step.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub database: Outcome,
+    pub topics: Outcome,
+    pub workload: Result<Workload, Problem>,
+    /// The runtime's own `/health` report from its ready pods.
+    pub health: Outcome,
+    /// Consumer lag per partition of the events topic.
+    pub lag: Result<BTreeMap<i32, i64>, Problem>,
+    /// Whether Istio's VirtualService kind exists in the cluster.
+    pub istio_installed: bool,
+    /// Where emitters POST (from the spec).
+    pub endpoint: String,
+    /// Topics this resource created (recorded for teardown).
+    pub owned_topics: Vec<String>,
+    /// `status.teardownPreview`, when the resource asks for it.
+    pub teardown_preview: Option<Vec<String>>,
+}
+
+/// Whether the lag is within `spec.lagThreshold`.
+pub fn lag_within_threshold(
+    am: &AuditManager,
+    lag: &Result<BTreeMap<i32, i64>, Problem>,
+) -> Outcome {
+    let lag = lag.as_ref().map_err(Clone::clone)?;
+    let total: i64 = lag.values().sum();
+    let threshold = am.spec.lag_threshold;
+    if total <= threshold {
+        Ok(format!(
+            "consumer lag {total} is within the threshold {threshold}"
+        ))
+    } else {
+        Err(Problem::new(
+            "ConsumerLagging",
+            format!(
+                "consumer lag {total} exceeds spec.lagThreshold {threshold}: check Healthy and DatabaseReady, or add replicas (up to the {} partitions)",
+                am.spec.kafka.events_topic.partitions
+            ),
+        ))
+    }
+}
+
+/// Each condition type with its outcome, in the order they are reported: DatabaseReady,
+/// TopicsReady, WorkloadAvailable, Healthy, LagWithinThreshold, Ready (False with reason
+/// NotReady listing the failing conditions), and IstioReady only when Istio is asked for but
+/// not installed.
+pub fn outcomes(am: &AuditManager, observed: &Observed) -> Vec<(&'static str, Outcome)> {
+    let mut states = vec![
+        ("DatabaseReady", observed.database.clone()),
+        ("TopicsReady", observed.topics.clone()),
+        (
+            "WorkloadAvailable",
+            observed
+                .workload
+                .as_ref()
+                .map(|w| w.message.clone())
+                .map_err(Clone::clone),
+        ),
+        ("Healthy", observed.health.clone()),
+        (
+            "LagWithinThreshold",
+            lag_within_threshold(am, &observed.lag),
+        ),
+    ];
+    let failing: Vec<String> = states
+        .iter()
+        .filter_map(|(k, s)| s.as_ref().err().map(|p| format!("{k}: {}", p.reason)))
+        .collect();
+    let ready = if failing.is_empty() {
+        Ok(format!("serving at {}", observed.endpoint))
+    } else {
+        Err(Problem::new("NotReady", failing.join(", ")))
+    };
+    states.push(("Ready", ready));
+    if am.spec.istio.enabled && !observed.istio_installed {
+        states.push((
+            "IstioReady",
+            Err(Problem::new(
+                "IstioNotInstalled",
+                "spec.istio.enabled is true but the VirtualService CRD (networking.istio.io) is not installed; the Service is reachable in the cluster".into(),
+            )),
+        ));
+    }
+    states
+}
+
+/// The whole status for this generation.
+pub fn status(
+    am: &AuditManager,
+    previous: &AuditManagerStatus,
+    observed: Observed,
+    now: &Time,
+) -> AuditManagerStatus {
+    let generation = am.metadata.generation.unwrap_or(0);
+    let conditions = merge(
+        &previous.conditions,
+        outcomes(am, &observed),
+        Some(generation),
+        now,
+    );
+    AuditManagerStatus {
+        observed_generation: Some(generation),
+        conditions,
+        endpoint: Some(observed.endpoint),
+        consumer_lag: observed.lag.ok().map(|l| ConsumerLag {
+            total: l.values().sum(),
+            partitions: l.iter().map(|(p, v)| (p.to_string(), *v)).collect(),
+            measured_at: Some(now.clone()),
+        }),
+        replicas: observed.workload.as_ref().ok().map(|w| w.desired),
+        ready_replicas: observed.workload.as_ref().ok().map(|w| w.ready),
+        owned_topics: observed.owned_topics,
+        teardown_preview: observed.teardown_preview,
+    }
+}
+
+/// Equal but for timestamps that move on every measurement.
+pub fn changed(old: &AuditManagerStatus, new: &AuditManagerStatus) -> bool {
+    let strip = |s: &AuditManagerStatus| {
+        let mut s = s.clone();
+        if let Some(l) = s.consumer_lag.as_mut() {
+            l.measured_at = None;
+        }
+        s
+    };
+    strip(old) != strip(new)
+}
+
+/// The conditions while deletion waits: the others as they were, and `Terminating` True with
+/// the reason and message of what it waits for.
+pub fn terminating(
+    previous: &[Condition],
+    waiting: &Problem,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let mut conditions: Vec<Condition> = previous
+        .iter()
+        .filter(|c| c.type_ != "Terminating")
+        .cloned()
+        .collect();
+    let terminating = merge(
+        previous,
+        vec![("Terminating", Err(waiting.clone()))],
+        generation,
+        now,
+    );
+    conditions.extend(terminating.into_iter().map(|mut c| {
+        c.status = "True".into();
+        c
+    }));
+    conditions
+}
+
+/// Builds the conditions for this generation, keeping `lastTransitionTime` of conditions whose
+/// status did not change.
+pub fn merge(
+    previous: &[Condition],
+    next: Vec<(&'static str, Outcome)>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    next.into_iter()
+        .map(|(kind, outcome)| {
+            let (status, reason, message) = match outcome {
+                Ok(message) => ("True", "Ok".to_string(), message),
+                Err(p) => ("False", p.reason.to_string(), p.message),
+            };
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == kind && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: kind.to_string(),
+                status: status.to_string(),
+                reason,
+                message,
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn am(spec: serde_json::Value) -> AuditManager {
+        let mut base = json!({
+            "database": {"host": "pg", "adminSecretRef": {"name": "admin"}},
+            "kafka": {"bootstrapServers": "k:9092"},
+            "lagThreshold": 100
+        });
+        if let (Some(b), serde_json::Value::Object(extra)) = (base.as_object_mut(), spec) {
+            b.extend(extra);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "audit.openg2p.org/v1alpha1", "kind": "AuditManager",
+            "metadata": {"name": "a", "namespace": "n", "generation": 3},
+            "spec": base
+        }))
+        .expect("valid resource")
+    }
+
+    fn at(second: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(second).expect("time"))
+    }
+
+    fn healthy() -> Observed {
+        Observed {
+            database: Ok("database a and its roles are provisioned".into()),
+            topics: Ok("topics are provisioned".into()),
+            workload: Ok(Workload {
+                message: "2 of 2 replicas available".into(),
+                desired: 2,
+                ready: 2,
+            }),
+            health: Ok("2 ready pod(s) report healthy".into()),
+            lag: Ok(BTreeMap::from([(0, 5), (1, 7)])),
+            istio_installed: false,
+            endpoint: "http://a-audit-manager.n.svc/v1/auditmanager/events".into(),
+            owned_topics: vec!["t".into()],
+            teardown_preview: None,
+        }
+    }
+
+    fn condition<'a>(status: &'a AuditManagerStatus, kind: &str) -> Option<&'a Condition> {
+        status.conditions.iter().find(|c| c.type_ == kind)
+    }
+
+    fn problem(reason: &'static str) -> Problem {
+        Problem::new(reason, format!("{reason} happened"))
+    }
+
+    #[test]
+    fn all_well_is_ready_with_the_endpoint_and_every_condition_true() {
+        let a = am(json!({}));
+        let s = status(&a, &AuditManagerStatus::default(), healthy(), &at(1));
+        let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "DatabaseReady",
+                "TopicsReady",
+                "WorkloadAvailable",
+                "Healthy",
+                "LagWithinThreshold",
+                "Ready"
+            ]
+        );
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.status == "True" && c.reason == "Ok")
+        );
+        let ready = condition(&s, "Ready").expect("Ready");
+        assert!(
+            ready
+                .message
+                .contains("serving at http://a-audit-manager.n.svc"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(ready.observed_generation, Some(3));
+        assert_eq!(s.observed_generation, Some(3));
+        let lag = s.consumer_lag.expect("lag");
+        assert_eq!(lag.total, 12);
+        assert_eq!(lag.partitions.get("1"), Some(&7));
+        assert_eq!((s.replicas, s.ready_replicas), (Some(2), Some(2)));
+        assert_eq!(s.owned_topics, ["t"]);
+    }
+
+    #[test]
+    fn every_failing_step_carries_its_reason_and_ready_lists_them() {
+        type Break = fn(&mut Observed, Problem);
+        let cases: [(&str, &'static str, Break); 13] = [
+            ("DatabaseReady", "AdminSecretMissing", |o, p| {
+                o.database = Err(p)
+            }),
+            ("DatabaseReady", "AdminSecretIncomplete", |o, p| {
+                o.database = Err(p)
+            }),
+            ("DatabaseReady", "DatabaseUnreachable", |o, p| {
+                o.database = Err(p)
+            }),
+            ("DatabaseReady", "DatabaseConflict", |o, p| {
+                o.database = Err(p)
+            }),
+            ("DatabaseReady", "DatabaseProvisioningFailed", |o, p| {
+                o.database = Err(p)
+            }),
+            ("TopicsReady", "KafkaUnreachable", |o, p| o.topics = Err(p)),
+            ("TopicsReady", "TopicConflict", |o, p| o.topics = Err(p)),
+            ("TopicsReady", "TopicProvisioningFailed", |o, p| {
+                o.topics = Err(p)
+            }),
+            ("WorkloadAvailable", "WorkloadMissing", |o, p| {
+                o.workload = Err(p)
+            }),
+            ("WorkloadAvailable", "WorkloadUnavailable", |o, p| {
+                o.workload = Err(p)
+            }),
+            ("Healthy", "NoReadyPods", |o, p| o.health = Err(p)),
+            ("Healthy", "Unhealthy", |o, p| o.health = Err(p)),
+            ("LagWithinThreshold", "KafkaUnreachable", |o, p| {
+                o.lag = Err(p)
+            }),
+        ];
+        let a = am(json!({}));
+        for (kind, reason, break_it) in cases {
+            let mut observed = healthy();
+            break_it(&mut observed, problem(reason));
+            let s = status(&a, &AuditManagerStatus::default(), observed, &at(1));
+            let c = condition(&s, kind).expect("condition");
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", reason),
+                "{kind}"
+            );
+            assert_eq!(c.message, format!("{reason} happened"));
+            let ready = condition(&s, "Ready").expect("Ready");
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                ("False", "NotReady")
+            );
+            assert_eq!(ready.message, format!("{kind}: {reason}"));
+        }
+    }
+
+    #[test]
+    fn not_ready_lists_every_failing_condition_in_order() {
+        let mut observed = healthy();
+        observed.database = Err(problem("DatabaseUnreachable"));
+        observed.health = Err(problem("NoReadyPods"));
+        let s = status(
+            &am(json!({})),
+            &AuditManagerStatus::default(),
+            observed,
+            &at(1),
+        );
+        let ready = condition(&s, "Ready").expect("Ready");
+        assert_eq!(
+            ready.message,
+            "DatabaseReady: DatabaseUnreachable, Healthy: NoReadyPods"
+        );
+    }
+
+    #[test]
+    fn lag_over_the_threshold_is_consumer_lagging() {
+        let a = am(json!({"lagThreshold": 10}));
+        let within = lag_within_threshold(&a, &Ok(BTreeMap::from([(0, 4), (1, 6)])));
+        assert_eq!(
+            within,
+            Ok("consumer lag 10 is within the threshold 10".into())
+        );
+        let over = lag_within_threshold(&a, &Ok(BTreeMap::from([(0, 11)])));
+        let p = over.expect_err("over the threshold");
+        assert_eq!(p.reason, "ConsumerLagging");
+        assert!(
+            p.message.contains("exceeds spec.lagThreshold 10"),
+            "{}",
+            p.message
+        );
+        let mut observed = healthy();
+        observed.lag = Ok(BTreeMap::from([(0, 11)]));
+        let s = status(&a, &AuditManagerStatus::default(), observed, &at(1));
+        assert_eq!(s.consumer_lag.as_ref().map(|l| l.total), Some(11));
+        assert_eq!(
+            condition(&s, "Ready").map(|c| c.message.as_str()),
+            Some("LagWithinThreshold: ConsumerLagging")
+        );
+    }
+
+    #[test]
+    fn istio_ready_appears_only_when_asked_for_but_not_installed() {
+        let plain = status(
+            &am(json!({})),
+            &AuditManagerStatus::default(),
+            healthy(),
+            &at(1),
+        );
+        assert!(condition(&plain, "IstioReady").is_none());
+        let wants = am(json!({"istio": {"enabled": true, "hostname": "h"}}));
+        let missing = status(&wants, &AuditManagerStatus::default(), healthy(), &at(1));
+        let c = condition(&missing, "IstioReady").expect("IstioReady");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "IstioNotInstalled")
+        );
+        assert_eq!(
+            condition(&missing, "Ready").map(|c| c.status.as_str()),
+            Some("True")
+        );
+        let mut installed = healthy();
+        installed.istio_installed = true;
+        let fine = status(&wants, &AuditManagerStatus::default(), installed, &at(1));
+        assert!(condition(&fine, "IstioReady").is_none());
+    }
+
+    #[test]
+    fn terminating_is_true_with_what_deletion_waits_for() {
+        let before = status(
+            &am(json!({})),
+            &AuditManagerStatus::default(),
+            healthy(),
+            &at(1),
+        );
+        let waiting = problem("DeletingWorkload");
+        let conditions = terminating(&before.conditions, &waiting, Some(3), &at(2));
+        let c = conditions
+            .iter()
+            .find(|c| c.type_ == "Terminating")
+            .expect("Terminating");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "DeletingWorkload")
+        );
+        assert_eq!(c.message, "DeletingWorkload happened");
+        assert_eq!(conditions.len(), before.conditions.len() + 1);
+        let again = terminating(
+            &conditions,
+            &problem("DatabaseTeardownFailed"),
+            Some(3),
+            &at(3),
+        );
+        assert_eq!(again.iter().filter(|c| c.type_ == "Terminating").count(), 1);
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_changes() {
+        let first = merge(
+            &[],
+            vec![("DatabaseReady", Ok("ready".into()))],
+            Some(1),
+            &at(1_000),
+        );
+        let same = merge(
+            &first,
+            vec![("DatabaseReady", Ok("still".into()))],
+            Some(2),
+            &at(2_000),
+        );
+        assert_eq!(same[0].last_transition_time, at(1_000));
+        let changed = merge(
+            &same,
+            vec![("DatabaseReady", Err(problem("DatabaseUnreachable")))],
+            Some(2),
+            &at(2_000),
+        );
+        assert_eq!(changed[0].last_transition_time, at(2_000));
+        assert_eq!(changed[0].reason, "DatabaseUnreachable");
+        assert_eq!(changed[0].status, "False");
+    }
+
+    #[test]
+    fn a_new_lag_measurement_alone_is_not_a_change() {
+        let a = am(json!({}));
+        let first = status(&a, &AuditManagerStatus::default(), healthy(), &at(1));
+        let later = status(&a, &first, healthy(), &at(60));
+        assert!(!changed(&first, &later));
+        let mut worse = healthy();
+        worse.lag = Ok(BTreeMap::from([(0, 500)]));
+        assert!(changed(&first, &status(&a, &first, worse, &at(60))));
+    }
+}
