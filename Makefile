@@ -26,6 +26,9 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+unit: ## the tests that need no external component (about a minute once built)
+	$(CARGO) test --workspace --locked --lib --bins --test http_contract -- --test-threads=$(TEST_THREADS)
+
 test: testenv lint ## every test, against the real components
 	$(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS)
 

@@ -20,3 +20,17 @@ fn main() -> std::process::ExitCode {
     }
     std::process::ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_crd_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crd.yaml");
+        let committed = std::fs::read_to_string(path).expect("manifests/crd.yaml exists");
+        let generated = audit_manager_crds::crd_yaml().expect("CRD serializes");
+        assert!(
+            committed == generated,
+            "manifests/crd.yaml is stale: run `make manifests` and commit the result"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::process::{self, Server};
-use crate::{Error, announce, cache_dir, pinned, require_file, scratch_dir};
+use crate::setup::{Error, announce, cache_dir, pinned, require_file, scratch_dir};
 
 const COMPONENT: &str = "Kafka";
 

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::process::{self, Server};
-use crate::{Error, announce, cache_dir, pinned, require_file, scratch_dir};
+use crate::setup::{Error, announce, cache_dir, pinned, require_file, scratch_dir};
 
 /// The static bearer token of the `admin` user (group `system:masters`).
 pub const ADMIN_TOKEN: &str = "testenv-admin-token";

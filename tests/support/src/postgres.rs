@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::process::{self, Server};
-use crate::{Error, announce, scratch_dir};
+use crate::setup::{Error, announce, require_file, scratch_dir};
 
 const COMPONENT: &str = "PostgreSQL";
 /// The superuser's name and password (password auth over TCP, as in a real deployment).
@@ -166,7 +166,7 @@ impl Drop for Postgres {
 
 fn find_bin_dir() -> Result<PathBuf, Error> {
     if let Some(dir) = std::env::var_os("AUDIT_TESTENV_PG_BIN") {
-        return crate::require_file(COMPONENT, PathBuf::from(dir).join("initdb"))
+        return require_file(COMPONENT, PathBuf::from(dir).join("initdb"))
             .map(|p| p.with_file_name(""));
     }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")

@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::Error;
+use crate::setup::{Error, remove_scratch_dirs};
 
 /// A running server process whose output goes to a log file.
 pub(crate) struct Server {
@@ -178,7 +178,7 @@ extern "C" fn stop_all_at_exit() {
     for t in &tracked {
         terminate(t.pid, t.stop_signal, Duration::from_secs(5));
     }
-    crate::remove_scratch_dirs();
+    remove_scratch_dirs();
 }
 
 fn terminate(pid: i32, signal: i32, grace: Duration) {

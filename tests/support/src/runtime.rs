@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use crate::Error;
 use crate::process::{Server, free_port, tail};
+use crate::setup::{Error, scratch_dir};
 
 /// A running `audit-manager` process listening on 127.0.0.1 and a free port.
 pub struct AuditManager {
@@ -25,7 +25,7 @@ impl AuditManager {
         env: &[(K, V)],
     ) -> Result<AuditManager, Error> {
         let port = free_port()?;
-        let dir = crate::scratch_dir("audit-manager")?;
+        let dir = scratch_dir("audit-manager")?;
         let mut command = Command::new(binary);
         command
             .args(args)

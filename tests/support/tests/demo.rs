@@ -3,17 +3,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn build_and_locate(bin: &str, package: &str) -> PathBuf {
+/// Builds the workspace's binaries with exactly the target set of `cargo test --workspace`
+/// (so the same features: inside `make test` this compiles nothing again) and returns the
+/// folder they are in.
+fn build_binaries() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--locked", "-p", package, "--bin", bin])
+        .args(["build", "--quiet", "--locked", "--workspace", "--all-targets"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("running cargo build");
-    assert!(status.success(), "building {bin} failed");
+    assert!(status.success(), "building the workspace failed");
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join(bin)
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// Processes whose command line is `.../audit-manager serve` (read from /proc: procps may be
@@ -35,14 +40,11 @@ fn runtime_processes() -> usize {
 
 #[test]
 fn make_demo_runs_every_step_and_leaves_nothing_running() {
-    for (bin, package) in [
-        ("audit-manager", "audit-manager"),
-        ("audit-manager-operator", "audit-manager-operator"),
-        ("audit-localnode", "audit-localnode"),
-    ] {
-        build_and_locate(bin, package);
+    let bin = build_binaries();
+    for needed in ["audit-manager", "audit-manager-operator", "audit-localnode"] {
+        assert!(bin.join(needed).exists(), "{needed} was not built");
     }
-    let demo = build_and_locate("demo", "audit-testenv");
+    let demo = bin.join("demo");
     let before = runtime_processes();
     let out = Command::new(demo)
         .env("DEMO_EXIT", "1")
