@@ -34,7 +34,7 @@ enum Command {
     /// Create the monthly partitions of the retention window and ahead; drop expired ones.
     Maintain {
         /// Run again after this long (e.g. 1h, 15m, 30s) until interrupted.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_interval)]
         every: Option<std::time::Duration>,
         /// Pretend the current time is this RFC 3339 instant (for testing and backfills).
         #[arg(long, value_parser = parse_time)]
@@ -53,21 +53,12 @@ enum DlqCommand {
     Replay,
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 15m or 1h"))?;
-    let seconds = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("`{s}`: the unit must be s, m or h")),
-    };
-    if seconds == 0 {
-        return Err("the interval must be positive".into());
+/// A positive interval, in the configuration's duration syntax (`90s`, `15m`, `1h`, `2d`).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match audit_manager::config::parse_duration(s)? {
+        d if d.is_zero() => Err("the interval must be positive".into()),
+        d => Ok(d),
     }
-    Ok(std::time::Duration::from_secs(seconds))
 }
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

@@ -9,7 +9,13 @@ use std::process::Command;
 fn build_binaries() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--locked", "--workspace", "--all-targets"])
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--workspace",
+            "--all-targets",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("running cargo build");
