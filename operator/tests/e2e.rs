@@ -37,7 +37,7 @@ impl Drop for LocalNode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_node_and_runtime_pods_store_posted_events() {
     let kube = audit_testenv::kube_with_controllers();
-    let node_binary = common::workspace_binary("audit-localnode", "audit-localnode");
+    let node_binary = audit_testenv::workspace_binary("audit-localnode");
     let runtime = common::runtime_binary();
     let work = tempfile::tempdir().expect("tempdir");
     let node = LocalNode(

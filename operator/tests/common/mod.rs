@@ -223,29 +223,7 @@ pub fn owned_by(refs: Option<Vec<OwnerReference>>, uid: &str) -> bool {
         .any(|r| r.uid == uid && r.controller == Some(true))
 }
 
-/// The `audit-manager` binary of this workspace, built (or confirmed fresh) by cargo next to
-/// this test executable.
+/// The `audit-manager` binary of this workspace (see [`audit_testenv::workspace_binary`]).
 pub fn runtime_binary() -> std::path::PathBuf {
-    workspace_binary("audit-manager", "audit-manager")
-}
-
-/// A binary of this workspace, built (or confirmed fresh) by cargo next to this test
-/// executable.
-pub fn workspace_binary(package: &str, bin: &str) -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "--locked", "-p", package, "--bin", bin])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building {bin} failed");
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<bin>
-    let profile_dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target dir");
-    let binary = profile_dir.join(bin);
-    assert!(binary.exists(), "{} was not built", binary.display());
-    binary
+    audit_testenv::workspace_binary("audit-manager")
 }

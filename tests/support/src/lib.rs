@@ -11,6 +11,7 @@
 //! `$AUDIT_MANAGER_CACHE` (default `~/.cache/audit-manager`) by the versions in
 //! `tests/env/versions.env`.
 
+mod build;
 pub mod http;
 mod kafka;
 mod kube;
@@ -24,6 +25,7 @@ pub mod topics;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub use build::workspace_binary;
 pub use kafka::Kafka;
 pub use kube::Kube;
 pub use postgres::Postgres;

@@ -1,31 +1,6 @@
 //! `make demo DEMO_EXIT=1` as a test: the whole flow must succeed, and leave nothing running.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// Builds the workspace's binaries with exactly the target set of `cargo test --workspace`
-/// (so the same features: inside `make test` this compiles nothing again) and returns the
-/// folder they are in.
-fn build_binaries() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--locked",
-            "--workspace",
-            "--all-targets",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building the workspace failed");
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
 
 /// Processes whose command line is `.../audit-manager serve` (read from /proc: procps may be
 /// missing on a fresh machine).
@@ -46,11 +21,10 @@ fn runtime_processes() -> usize {
 
 #[test]
 fn make_demo_runs_every_step_and_leaves_nothing_running() {
-    let bin = build_binaries();
     for needed in ["audit-manager", "audit-manager-operator", "audit-localnode"] {
-        assert!(bin.join(needed).exists(), "{needed} was not built");
+        audit_testenv::workspace_binary(needed);
     }
-    let demo = bin.join("demo");
+    let demo = audit_testenv::workspace_binary("demo");
     let before = runtime_processes();
     let out = Command::new(demo)
         .env("DEMO_EXIT", "1")
