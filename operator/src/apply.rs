@@ -130,6 +130,20 @@ where
     Ok(Some(api.get_metadata_opt(name).await?.is_some()))
 }
 
+/// Merge-patches the resource's status with `status` (a JSON object of status fields).
+pub async fn patch_status(
+    client: &Client,
+    am: &AuditManager,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let api: Api<AuditManager> =
+        Api::namespaced(client.clone(), &am.namespace().unwrap_or_default());
+    let patch = Patch::Merge(serde_json::json!({ "status": status }));
+    api.patch_status(&am.name_any(), &PatchParams::default(), &patch)
+        .await
+        .map(drop)
+}
+
 /// Adds or removes this operator's finalizer on the resource. Ok(false) when the resource
 /// changed meanwhile (look again) or is gone.
 pub async fn set_finalizer(

@@ -8,7 +8,7 @@ use audit_manager_crds::{AuditManager, TEARDOWN_PREVIEW};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -100,14 +100,7 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let next = status::status(am, &previous, observed, &now);
     if status::changed(&previous, &next) {
-        let api: Api<AuditManager> =
-            Api::namespaced(ctx.client.clone(), &am.namespace().unwrap_or_default());
-        api.patch_status(
-            &am.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": next })),
-        )
-        .await?;
+        apply::patch_status(&ctx.client, am, serde_json::to_value(&next)?).await?;
     }
     Ok(Action::requeue(REFRESH))
 }

@@ -59,17 +59,7 @@ pub async fn health(ctx: &Ctx, am: &AuditManager) -> Outcome {
         .list(&ListParams::default().labels(&build::selector_string(am)))
         .await
         .map_err(|e| Problem::new("KubernetesApiError", e.to_string()))?;
-    let ready: Vec<String> = list
-        .items
-        .iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
-        .collect();
+    let ready = ready_pod_ips(&list.items);
     if ready.is_empty() {
         return Err(Problem::new(
             "NoReadyPods",
@@ -89,6 +79,19 @@ pub async fn health(ctx: &Ctx, am: &AuditManager) -> Outcome {
     } else {
         Err(Problem::new("Unhealthy", problems.join("; ")))
     }
+}
+
+/// The addresses of the pods whose `Ready` condition is True.
+pub fn ready_pod_ips(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+        .collect()
 }
 
 /// The consumer group's lag per partition of the events topic.

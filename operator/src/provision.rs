@@ -3,13 +3,12 @@
 
 use audit_manager_crds::AuditManager;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 
 use crate::build::{self, Names};
 use crate::context::{Ctx, Error};
 use crate::status::Outcome;
-use crate::{credentials, database, topics};
+use crate::{apply, credentials, database, topics};
 
 /// What the external steps left.
 pub struct Provisioned {
@@ -122,14 +121,8 @@ async fn ensure_topics(
     };
     if !report.created.is_empty() {
         owned.extend(report.created.iter().map(|(name, _)| name.clone()));
-        let api: Api<AuditManager> =
-            Api::namespaced(ctx.client.clone(), &am.namespace().unwrap_or_default());
-        api.patch_status(
-            &am.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": {"ownedTopics": owned}})),
-        )
-        .await?;
+        let recorded = serde_json::json!({ "ownedTopics": owned });
+        apply::patch_status(&ctx.client, am, recorded).await?;
     }
     for (topic, partitions) in &report.created {
         let note = format!("created topic {topic} ({partitions} partitions)");

@@ -38,14 +38,8 @@ pub async fn finalize(ctx: &Ctx, am: &AuditManager) -> Result<Action, Error> {
             let conditions =
                 status::terminating(&previous.conditions, &p, am.metadata.generation, &now);
             if conditions != previous.conditions {
-                let api: Api<AuditManager> =
-                    Api::namespaced(ctx.client.clone(), &am.namespace().unwrap_or_default());
-                api.patch_status(
-                    &am.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"status": {"conditions": conditions}})),
-                )
-                .await?;
+                let waiting = serde_json::json!({ "conditions": conditions });
+                apply::patch_status(&ctx.client, am, waiting).await?;
                 let note = format!("deletion waits: {}", p.message);
                 ctx.event(am, EventType::Warning, p.reason, note).await;
             }

@@ -74,17 +74,7 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
             .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={}", f.name)))
             .await
             .expect("pods");
-        let ready: Vec<String> = list
-            .items
-            .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
-            .collect();
+        let ready = audit_manager_operator::observe::ready_pod_ips(&list.items);
         if ready.len() == 2 {
             break ready;
         }
