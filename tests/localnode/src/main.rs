@@ -352,11 +352,16 @@ impl LocalNode {
             .append(true)
             .open(dir.join("container.log"))?;
         let mut command = tokio::process::Command::new(&self.args.runtime_binary);
-        // The containers die with the node, even when it is killed.
-        // SAFETY: only an async-signal-safe call between fork and exec.
+        // The containers die with the node, even when it is killed, and start with no signal
+        // blocked (a mask is inherited across exec): a pod must see SIGTERM to drain.
+        // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -46,6 +46,10 @@ impl Process {
         self.0.is_running()
     }
 
+    pub fn pid(&self) -> i32 {
+        self.0.pid()
+    }
+
     /// SIGTERM, SIGKILL after 15 s.
     pub fn stop(&self) {
         self.0.stop(std::time::Duration::from_secs(15));

@@ -192,6 +192,25 @@ fn terminate(pid: i32, signal: i32, grace: Duration) {
     }
 }
 
+/// Makes `command` start with no signal blocked. A signal mask is inherited across fork and
+/// exec, and `demo` and `testenv-up` block SIGINT and SIGTERM to `sigwait` for them: without
+/// this every process they start (Kafka, PostgreSQL, the local node and the pods it runs)
+/// would never see SIGTERM, and a pod would be killed at the end of its grace period instead
+/// of draining its queue.
+pub fn unblock_signals(command: &mut Command) {
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe; nothing is allocated.
+    unsafe {
+        command.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 
 /// Spawns through one long-lived thread. The children ask the kernel for SIGKILL when their
@@ -205,6 +224,7 @@ fn spawn_from_keeper(command: Command) -> io::Result<Child> {
             .name("testenv-keeper".into())
             .spawn(move || {
                 for (mut command, reply) in rx {
+                    unblock_signals(&mut command);
                     // SAFETY: only async-signal-safe calls between fork and exec.
                     unsafe {
                         command.pre_exec(|| {
@@ -235,6 +255,7 @@ fn spawn_from_keeper(command: Command) -> io::Result<Child> {
 /// Runs a short command to completion, returning its stdout or an error with its output.
 pub(crate) fn run(component: &str, mut command: Command) -> Result<String, Error> {
     let shown = format!("{command:?}");
+    unblock_signals(&mut command);
     let out = command.output().map_err(|e| Error::Start {
         component: component.to_string(),
         reason: format!("cannot execute {shown}: {e}"),
