@@ -10,6 +10,7 @@ pub struct Metrics {
     registry: Registry,
     pub events_accepted: IntCounter,
     pub events_rejected: IntCounterVec,
+    pub events_normalized: IntCounterVec,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
     pub published: IntCounter,
@@ -78,6 +79,11 @@ impl Metrics {
                 "audit_ingest_events_rejected_total",
                 "Requests refused, by error code",
                 "code",
+            ),
+            events_normalized: counter_vec(
+                "audit_ingest_events_normalized_total",
+                "Normalizations in accepted events (null_dropped, time_defaulted, ...), by reason",
+                "reason",
             ),
             queue_depth: gauge(
                 "audit_ingest_queue_depth",

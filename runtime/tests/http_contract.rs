@@ -17,6 +17,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod common;
+
 /// A router whose queue is drained by a task that just drops events (no Kafka here).
 fn app(env: &[(&str, &str)]) -> axum::Router {
     let env: BTreeMap<String, String> = env
@@ -119,7 +121,7 @@ async fn every_schema_rule_is_rejected_with_its_code_and_field_path() {
         ("source", Some(json!("")), "source"),
         ("type", Some(json!(7)), "type"),
         ("type", None, "type"),
-        ("time", None, "time"),
+        ("time", Some(json!(true)), "time"),
         ("time", Some(json!("2026-04-22T14:03:21")), "time"),
         ("time", Some(json!("2026-04-22")), "time"),
         ("time", Some(json!(1776866601)), "time"),
@@ -152,8 +154,9 @@ async fn every_schema_rule_is_rejected_with_its_code_and_field_path() {
         ("data", Some(json!("text")), "data"),
         ("data.actor", None, "data.actor"),
         ("data.actor.type", Some(json!("robot")), "data.actor.type"),
-        ("data.actor.id", Some(json!("")), "data.actor.id"),
+        ("data.actor.id", Some(json!(5)), "data.actor.id"),
         ("data.actor.id", None, "data.actor.id"),
+        ("data.actor.ip", Some(json!(["10.0.0.1"])), "data.actor.ip"),
         ("data.actor.roles", Some(json!("admin")), "data.actor.roles"),
         ("data.action", Some(json!("")), "data.action"),
         ("data.action", None, "data.action"),
@@ -438,4 +441,120 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// The reasons of a 202 answer's warnings, each once, sorted.
+fn warned(body: &Value) -> Vec<String> {
+    let mut reasons: Vec<String> = body["response"]["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|w| w["reason"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    reasons.sort();
+    reasons.dedup();
+    reasons
+}
+
+#[tokio::test]
+async fn openg2p_staff_portal_events_are_accepted_and_their_normalizations_named() {
+    let app = app(&[]);
+    let shapes = common::staff_portal_events();
+    assert_eq!(shapes.len(), 9);
+    let mut expected_total = 0;
+    for (name, event, reasons) in &shapes {
+        let (status, body) =
+            call(&app, post("/events", "application/json", event.to_string())).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{name}: {body}");
+        assert_eq!(body["response"]["accepted"], event["id"], "{name}");
+        let mut want: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
+        want.sort();
+        assert_eq!(warned(&body), want, "{name}: {body}");
+        if reasons.is_empty() {
+            assert!(body["response"].get("warnings").is_none(), "{name}: {body}");
+        }
+        let nulls = body["response"]["warnings"]
+            .as_array()
+            .map(|w| w.iter().filter(|w| w["reason"] == "null_dropped").count())
+            .unwrap_or(0);
+        expected_total += nulls;
+    }
+    // A batch names each warning with its event's index.
+    let events: Vec<Value> = shapes.iter().map(|(_, e, _)| e.clone()).collect();
+    let (status, body) = call(
+        &app,
+        post(
+            "/events/batch",
+            "application/json",
+            json!({"events": events}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let paths: Vec<&str> = body["response"]["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"events[2].data.actor.id"), "{paths:?}");
+    assert!(paths.contains(&"events[3].data.actor.ip"), "{paths:?}");
+    assert!(
+        paths.contains(&"events[1].data.actor.session_id"),
+        "{paths:?}"
+    );
+    expected_total *= 2;
+    // Every normalization is counted by reason.
+    let response = app
+        .clone()
+        .oneshot(
+            Request::get("/v1/auditmanager/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let text = String::from_utf8(
+        to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body")
+            .to_vec(),
+    )
+    .expect("text");
+    let counted = |reason: &str| -> usize {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "audit_ingest_events_normalized_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(counted("null_dropped"), expected_total, "{text}");
+    assert_eq!(counted("actor_ip_not_an_address"), 6);
+    assert_eq!(counted("actor_id_empty"), 2);
+}
+
+#[tokio::test]
+async fn an_event_without_time_is_stamped_with_the_receipt_time() {
+    let app = app(&[]);
+    let event = with(login(), "time", None);
+    let (status, body) = call(&app, post("/events", "application/json", event.to_string())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(warned(&body), ["time_defaulted"]);
+    let (status, body) = call(
+        &app,
+        post(
+            "/events",
+            "application/json",
+            with(login(), "time", Some(Value::Null)).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(warned(&body), ["null_dropped", "time_defaulted"]);
 }

@@ -230,6 +230,127 @@ async fn samples_become_rows_exactly_as_specified_and_replays_never_duplicate() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openg2p_staff_portal_events_become_rows_holding_what_was_sent() {
+    let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
+    let s = setup(kafka, pg).await;
+    let runtime = s.start(kafka);
+    let mut client = HttpClient::connect(&runtime.address())
+        .await
+        .expect("connect");
+    let shapes = common::staff_portal_events();
+    // Two more: no time at all (the receipt time is used), and extension attributes.
+    let (_, first, _) = &shapes[0];
+    let mut timeless = first.clone();
+    timeless["id"] = json!("6f1c2a0e-5b7d-4c1e-9a51-1d2f3e4a5b10");
+    timeless.as_object_mut().map(|e| e.remove("time"));
+    let mut extended = first.clone();
+    extended["id"] = json!("6f1c2a0e-5b7d-4c1e-9a51-1d2f3e4a5b11");
+    extended["tenant"] = json!("north");
+    extended["priority"] = json!(3);
+    extended["tag"] = Value::Null;
+    let before = Utc::now();
+    for event in shapes
+        .iter()
+        .map(|(_, e, _)| e)
+        .chain([&timeless, &extended])
+    {
+        // One POST per audited call, as the middleware sends them.
+        let answer = client
+            .post(
+                "/v1/auditmanager/events",
+                "application/json",
+                event.to_string(),
+            )
+            .await
+            .expect("POST");
+        assert_eq!(answer.status, 202, "{event}: {:?}", answer.json());
+    }
+    let after = Utc::now();
+    let reader = s.db.connect("reader").await;
+    let n = wait_count(
+        &reader,
+        "SELECT count(*) FROM audit_events",
+        11,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(n, 11, "every event the staff portal sent is a row");
+
+    let row = |id: &str| {
+        sqlx::query(
+            "SELECT actor_type, actor_id, action, outcome, occurred_at, details, extensions,
+                    normalized
+               FROM audit_events WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&reader)
+    };
+    for (name, event, reasons) in &shapes {
+        let r = row(event["id"].as_str().expect("id"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let actor = &event["data"]["actor"];
+        assert_eq!(r.get::<String, _>("actor_type"), actor["type"], "{name}");
+        assert_eq!(r.get::<String, _>("actor_id"), actor["id"], "{name}");
+        assert_eq!(
+            r.get::<String, _>("action"),
+            event["data"]["action"],
+            "{name}"
+        );
+        assert_eq!(
+            r.get::<String, _>("outcome"),
+            event["data"]["outcome"],
+            "{name}"
+        );
+        let occurred: DateTime<Utc> = r.get("occurred_at");
+        assert_eq!(
+            occurred.to_rfc3339(),
+            "2026-12-02T04:41:06.123+00:00",
+            "{name}"
+        );
+        let details: Value = r.get("details");
+        // The actor's other keys as sent, its nulls taken as absent; context exactly as sent.
+        let mut rest = actor.as_object().expect("actor").clone();
+        rest.retain(|k, v| k != "type" && k != "id" && !v.is_null());
+        let want_actor = (!rest.is_empty()).then_some(Value::Object(rest));
+        assert_eq!(details.get("actor").cloned(), want_actor, "{name}");
+        assert_eq!(details["context"], event["data"]["context"], "{name}");
+        let normalized: Option<Vec<String>> = r.get("normalized");
+        let mut want: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
+        want.sort();
+        let mut got = normalized.unwrap_or_default();
+        got.sort();
+        assert_eq!(got, want, "{name}");
+        assert_eq!(r.get::<Option<Value>, _>("extensions"), None, "{name}");
+    }
+    let r = row("6f1c2a0e-5b7d-4c1e-9a51-1d2f3e4a5b10")
+        .await
+        .expect("timeless row");
+    let occurred: DateTime<Utc> = r.get("occurred_at");
+    assert!(
+        occurred >= before - chrono::Duration::seconds(1) && occurred <= after,
+        "the receipt time, {occurred}, lies between {before} and {after}"
+    );
+    assert_eq!(
+        r.get::<Option<Vec<String>>, _>("normalized"),
+        Some(vec!["time_defaulted".to_string()]),
+        "the row records that its time was defaulted"
+    );
+    let r = row("6f1c2a0e-5b7d-4c1e-9a51-1d2f3e4a5b11")
+        .await
+        .expect("extended row");
+    assert_eq!(
+        r.get::<Option<Value>, _>("extensions"),
+        Some(json!({"tenant": "north", "priority": 3})),
+        "extension attributes reach PostgreSQL; a null one is dropped"
+    );
+    assert_eq!(
+        r.get::<Option<Vec<String>>, _>("normalized"),
+        Some(vec!["null_dropped".to_string()])
+    );
+}
+
 /// Waits until the runtime reports consumer lag 0; returns its health report.
 async fn wait_lag_zero(runtime: &AuditManager) -> Value {
     let mut client = HttpClient::connect(&runtime.address())

@@ -3,10 +3,22 @@
 use sqlx::PgPool;
 
 use super::{Context, DbError};
+use crate::event::normalize::Normalization;
 pub use crate::event::row::Row;
 
 const COPY: &str = "COPY audit_events (id, source, type, subject, occurred_at, actor_type, actor_id, \
-                    resource_type, resource_id, action, outcome, reason, trace_id, details) FROM STDIN";
+                    resource_type, resource_id, action, outcome, reason, trace_id, details, \
+                    extensions, normalized) FROM STDIN";
+
+/// The `normalized` column as a PostgreSQL array literal (`{time_defaulted,...}`; the names
+/// need no quoting), None when nothing was normalized.
+fn normalized_literal(reasons: &[Normalization]) -> Option<String> {
+    if reasons.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
+    Some(format!("{{{}}}", names.join(",")))
+}
 
 /// What became of a batch: rows inserted, and the rows PostgreSQL refused for their content
 /// (their index in the batch and the database's message).
@@ -110,7 +122,8 @@ fn copy_line(out: &mut String, r: &Row) {
     let occurred = r
         .occurred_at
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-    let fields: [Option<&str>; 14] = [
+    let normalized = normalized_literal(&r.normalized);
+    let fields: [Option<&str>; 16] = [
         Some(&r.id),
         Some(&r.source),
         Some(&r.r#type),
@@ -125,6 +138,8 @@ fn copy_line(out: &mut String, r: &Row) {
         r.reason.as_deref(),
         r.trace_id.as_deref(),
         r.details.as_deref(),
+        r.extensions.as_deref(),
+        normalized.as_deref(),
     ];
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
@@ -169,10 +184,17 @@ async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, 
     }
     let result = sqlx::query(
         "INSERT INTO audit_events (id, source, type, subject, occurred_at, actor_type, actor_id,
-                                   resource_type, resource_id, action, outcome, reason, trace_id, details)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                              $11::text[], $12::text[], $13::text[], $14::text[]::jsonb[])
+                                   resource_type, resource_id, action, outcome, reason, trace_id,
+                                   details, extensions, normalized)
+         SELECT id, source, type, subject, occurred_at, actor_type, actor_id, resource_type,
+                resource_id, action, outcome, reason, trace_id, details, extensions,
+                normalized::text[]
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                     $11::text[], $12::text[], $13::text[], $14::text[]::jsonb[],
+                     $15::text[]::jsonb[], $16::text[])
+           AS u(id, source, type, subject, occurred_at, actor_type, actor_id, resource_type,
+                resource_id, action, outcome, reason, trace_id, details, extensions, normalized)
          ON CONFLICT DO NOTHING",
     )
     .bind(column!(id))
@@ -189,6 +211,12 @@ async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, 
     .bind(column!(reason))
     .bind(column!(trace_id))
     .bind(column!(details))
+    .bind(column!(extensions))
+    .bind(
+        rows.iter()
+            .map(|r| normalized_literal(&r.normalized))
+            .collect::<Vec<_>>(),
+    )
     .execute(pool)
     .await?;
     Ok(result.rows_affected())
@@ -210,12 +238,14 @@ mod tests {
         let mut line = String::new();
         copy_line(&mut line, &to_row(e));
         let fields: Vec<&str> = line.trim_end_matches('\n').split('\t').collect();
-        assert_eq!(fields.len(), 14, "{line}");
+        assert_eq!(fields.len(), 16, "{line}");
         assert_eq!(fields[6], "a\\tb");
         assert_eq!(fields[9], "x\\\\y");
         assert_eq!(fields[11], "line1\\nline2\\r");
         assert_eq!(fields[3], "\\N", "no subject: NULL");
         assert_eq!(fields[13], "\\N", "no details: NULL");
+        assert_eq!(fields[14], "\\N", "no extensions: NULL");
+        assert_eq!(fields[15], "\\N", "nothing normalized: NULL");
         assert_eq!(fields[4], "2026-11-02T03:48:55Z");
     }
 

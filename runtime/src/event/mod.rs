@@ -7,6 +7,7 @@
 
 mod id;
 mod model;
+pub mod normalize;
 pub mod row;
 mod traceparent;
 pub(crate) mod typed;

@@ -46,6 +46,8 @@ pub struct ValidEvent {
     /// The whole CloudEvent as accepted (extension attributes and extra keys kept).
     pub attributes: Map<String, Value>,
     pub occurred_at: chrono::DateTime<chrono::Utc>,
+    /// What was normalized to accept it (nulls dropped, time defaulted, ...).
+    pub warnings: Vec<super::normalize::Warning>,
     /// `attributes` serialized once: at validation when there is a size limit to check,
     /// else on first use (the sink, which re-validates stored events, never needs it).
     pub(super) json: std::sync::OnceLock<Vec<u8>>,

@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::model::ValidEvent;
+use super::normalize::{self, Normalization};
 use super::traceparent::trace_id_of;
 use super::typed::{Envelope, Str};
+use super::validate::KNOWN;
 
 /// One row of `audit_events` (without `ingested_at`, which the database fills).
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +28,24 @@ pub struct Row {
     pub trace_id: Option<String>,
     /// The `details` jsonb as JSON text (keys sorted, compact).
     pub details: Option<String>,
+    /// The CloudEvents extension attributes, as a JSON object's text; NULL when there are none.
+    pub extensions: Option<String>,
+    /// What was normalized to accept the event (`time_defaulted`, ...), each once.
+    pub normalized: Vec<Normalization>,
+}
+
+impl Row {
+    /// Adds normalizations named elsewhere (by the ingest, in a record header).
+    pub fn also_normalized(&mut self, more: impl IntoIterator<Item = Normalization>) {
+        self.normalized.extend(more);
+        self.normalized.sort();
+        self.normalized.dedup();
+    }
+}
+
+/// A JSON object's text, None when it is empty.
+fn object_text(map: Map<String, Value>) -> Option<String> {
+    (!map.is_empty()).then(|| Value::Object(map).to_string())
 }
 
 /// Removes `key` from `map`, returning it when it was a string.
@@ -38,9 +58,11 @@ fn take(map: &mut Map<String, Value>, key: &str) -> Option<String> {
 
 /// Maps an event: `time`→`occurred_at`; `trace_id` from `traceparent`; `details` = `data`
 /// without action/outcome/reason and without actor and resource id/type, empty leftovers
-/// dropped, NULL when nothing is left. Consumes the event: its strings move into the row.
+/// dropped, NULL when nothing is left; `extensions` = the extension attributes; `normalized`
+/// = the reasons of its warnings. Consumes the event: its strings move into the row.
 pub fn to_row(event: ValidEvent) -> Row {
     let occurred_at = event.occurred_at;
+    let normalized = normalize::reasons(&event.warnings, []);
     let mut attrs = event.attributes;
     let mut details = match attrs.remove("data") {
         Some(Value::Object(data)) => data,
@@ -66,11 +88,16 @@ pub fn to_row(event: ValidEvent) -> Row {
         .and_then(Value::as_str)
         .and_then(trace_id_of)
         .map(str::to_string);
+    let id = take(&mut attrs, "id").unwrap_or_default();
+    let source = take(&mut attrs, "source").unwrap_or_default();
+    let r#type = take(&mut attrs, "type").unwrap_or_default();
+    let subject = take(&mut attrs, "subject");
+    attrs.retain(|name, _| !KNOWN.contains(&name.as_str()));
     Row {
-        id: take(&mut attrs, "id").unwrap_or_default(),
-        source: take(&mut attrs, "source").unwrap_or_default(),
-        r#type: take(&mut attrs, "type").unwrap_or_default(),
-        subject: take(&mut attrs, "subject"),
+        id,
+        source,
+        r#type,
+        subject,
         occurred_at,
         actor_type: actor_type.unwrap_or_else(|| "user".to_string()),
         actor_id: actor_id.unwrap_or_default(),
@@ -80,7 +107,9 @@ pub fn to_row(event: ValidEvent) -> Row {
         outcome,
         reason,
         trace_id,
-        details: (!details.is_empty()).then(|| Value::Object(details).to_string()),
+        details: object_text(details),
+        extensions: object_text(attrs),
+        normalized,
     }
 }
 
@@ -123,7 +152,10 @@ pub(crate) fn from_typed(event: Envelope<'_>, occurred_at: DateTime<Utc>) -> Opt
             .as_ref()
             .and_then(|t| trace_id_of(&t.0))
             .map(str::to_string),
-        details: (!details.is_empty()).then(|| Value::Object(details).to_string()),
+        details: object_text(details),
+        extensions: object_text(event.extensions),
+        // The typed reader reads only events nothing had to be normalized in.
+        normalized: Vec::new(),
     })
 }
 
@@ -228,5 +260,34 @@ pub(crate) mod tests {
             details(&row),
             Some(json!({"actor": {"ip": "10.0.0.1"}, "context": {"k": 1}}))
         );
+    }
+
+    #[test]
+    fn extension_attributes_and_normalizations_have_their_columns() {
+        let e = event(
+            json!({"actor": {"id": "", "ip": "unknown"}, "action": "a", "outcome": "success"}),
+            json!({"tenant": "north", "priority": 3, "sampled": true, "subject": "s",
+                   "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
+        );
+        let row = to_row(e);
+        let extensions: Value =
+            serde_json::from_str(row.extensions.as_deref().expect("extensions")).expect("JSON");
+        assert_eq!(
+            extensions,
+            json!({"tenant": "north", "priority": 3, "sampled": true})
+        );
+        assert_eq!(
+            row.normalized,
+            [
+                Normalization::ActorIpNotAnAddress,
+                Normalization::ActorIdEmpty
+            ]
+        );
+        assert_eq!(row.actor_id, "");
+        let plain = to_row(event(
+            json!({"actor": {"id": "u"}, "action": "a", "outcome": "success"}),
+            json!({}),
+        ));
+        assert_eq!((plain.extensions, plain.normalized), (None, vec![]));
     }
 }

@@ -130,8 +130,7 @@ macro_rules! object {
     };
 }
 
-/// The CloudEvents envelope. Extension attributes are checked and, like in the full reader's
-/// row, not stored.
+/// The CloudEvents envelope, extension attributes (checked) included.
 #[derive(Default)]
 pub(crate) struct Envelope<'de> {
     pub(crate) specversion: Option<Str<'de>>,
@@ -144,8 +143,8 @@ pub(crate) struct Envelope<'de> {
     pub(crate) dataschema: Option<Str<'de>>,
     pub(crate) traceparent: Option<Str<'de>>,
     pub(crate) data: Option<Data<'de>>,
-    /// The extension attributes' names, so a repeated one is left to the full reader.
-    extensions: Vec<Str<'de>>,
+    /// The extension attributes; a repeated one is left to the full reader.
+    pub(crate) extensions: Map<String, Value>,
 }
 
 fn envelope_key<'de, A: MapAccess<'de>>(
@@ -167,9 +166,9 @@ fn envelope_key<'de, A: MapAccess<'de>>(
         name => {
             let value: Value = map.next_value()?;
             let scalar = matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_));
-            let repeated = e.extensions.iter().any(|seen| seen.0 == name);
+            let repeated = e.extensions.contains_key(name);
             if is_extension_name(name) && scalar && !has_nul(&value) && !repeated {
-                e.extensions.push(key);
+                e.extensions.insert(key.into_string(), value);
                 Ok(())
             } else {
                 // data_base64, a bad name, a bad value: for the full reader to name.
@@ -242,10 +241,7 @@ fn actor_key<'de, A: MapAccess<'de>>(
                 _ => Err(not_common()),
             }
         }
-        _ => {
-            let value = map.next_value()?;
-            keep::<A>(&mut a.rest, key, value)
-        }
+        _ => optional_extra::<A>(&mut a.rest, key, map.next_value()?),
     }
 }
 object!(Actor, actor_key);
@@ -266,13 +262,23 @@ fn resource_key<'de, A: MapAccess<'de>>(
     match key.0.as_ref() {
         "type" => once(&mut r.r#type, map),
         "id" => once(&mut r.id, map),
-        _ => {
-            let value = map.next_value()?;
-            keep::<A>(&mut r.rest, key, value)
-        }
+        _ => optional_extra::<A>(&mut r.rest, key, map.next_value()?),
     }
 }
 object!(Resource, resource_key);
+
+/// An extra key of `data.actor` or `data.resource`: a null there is dropped by the full path
+/// (normalized), so it is the full path's.
+fn optional_extra<'de, A: MapAccess<'de>>(
+    rest: &mut Map<String, Value>,
+    key: Str<'de>,
+    value: Value,
+) -> Result<(), A::Error> {
+    if value.is_null() {
+        return Err(not_common());
+    }
+    keep::<A>(rest, key, value)
+}
 
 /// Present and non-empty.
 fn filled(s: &Option<Str<'_>>) -> bool {

@@ -12,11 +12,12 @@ use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
 use serde_json::{Map, Value};
 
 use super::model::{FieldError, ValidEvent};
+use super::normalize::{self, MAX_IP_BYTES, Normalization, Warning};
 use super::{id, traceparent};
 
 /// Context attributes defined by CloudEvents 1.0 (and the tracing extension) that the rules
 /// below handle by name; any other top-level key is an extension attribute.
-const KNOWN: [&str; 11] = [
+pub(crate) const KNOWN: [&str; 11] = [
     "specversion",
     "id",
     "source",
@@ -86,6 +87,8 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
         )]));
     };
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    normalize::drop_nulls(&mut event, &mut warnings);
 
     match event.get("specversion") {
         Some(Value::String(v)) if v == "1.0" => {}
@@ -100,7 +103,20 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
     }
     non_empty_string(&event, "source", "source", &mut errors);
     non_empty_string(&event, "type", "type", &mut errors);
-    let occurred_at = check_time(event.get("time"), limits, now, &mut errors);
+    let occurred_at = match event.get("time") {
+        // The original took the receipt time; the row records that it did.
+        None => {
+            let received = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            event.insert("time".into(), Value::String(received));
+            warnings.push(Warning::new(
+                "time",
+                Normalization::TimeDefaulted,
+                "no time: the receipt time was used",
+            ));
+            Some(now)
+        }
+        time => check_time(time, limits, now, &mut errors),
+    };
     if event.contains_key("subject") {
         non_empty_string(&event, "subject", "subject", &mut errors);
     }
@@ -157,7 +173,7 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
         }
     }
     match event.get_mut("data") {
-        Some(Value::Object(data)) => check_data(data, &mut errors),
+        Some(Value::Object(data)) => check_data(data, &mut errors, &mut warnings),
         other => errors.push(missing_or_type("data", other.map(|v| &*v), "an object")),
     }
     check_indexed(&event, &mut errors);
@@ -176,6 +192,7 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
     let valid = ValidEvent {
         attributes: event,
         occurred_at,
+        warnings,
         json: std::sync::OnceLock::new(),
     };
     // No limit (usize::MAX, the sink's re-validation): nothing to measure, nothing serialized.
@@ -191,7 +208,11 @@ pub fn validate(value: Value, limits: &Limits, now: DateTime<Utc>) -> Result<Val
     Ok(valid)
 }
 
-fn check_data(data: &mut Map<String, Value>, errors: &mut Vec<FieldError>) {
+fn check_data(
+    data: &mut Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+    warnings: &mut Vec<Warning>,
+) {
     match data.get_mut("actor") {
         Some(Value::Object(actor)) => {
             match actor.get("type") {
@@ -202,7 +223,15 @@ fn check_data(data: &mut Map<String, Value>, errors: &mut Vec<FieldError>) {
                 Some(Value::String(t)) if ACTOR_TYPES.contains(&t.as_str()) => {}
                 Some(other) => errors.push(one_of("data.actor.type", other, &ACTOR_TYPES)),
             }
-            non_empty_string(actor, "id", "data.actor.id", errors);
+            match actor.get("id") {
+                Some(Value::String(id)) if id.trim().is_empty() => warnings.push(Warning::new(
+                    "data.actor.id",
+                    Normalization::ActorIdEmpty,
+                    "empty: stored as the empty string",
+                )),
+                Some(Value::String(_)) => {}
+                other => errors.push(missing_or_type("data.actor.id", other, "a string")),
+            }
             for key in ["name", "session_id"] {
                 if let Some(v) = actor.get(key)
                     && !v.is_string()
@@ -213,13 +242,29 @@ fn check_data(data: &mut Map<String, Value>, errors: &mut Vec<FieldError>) {
                     ));
                 }
             }
-            match actor.get("ip") {
+            match actor.get_mut("ip") {
                 None => {}
                 Some(Value::String(ip)) if ip.parse::<IpAddr>().is_ok() => {}
-                Some(Value::String(ip)) => errors.push(FieldError::new(
-                    "data.actor.ip",
-                    format!("\"{ip}\" is not an IPv4 or IPv6 address"),
-                )),
+                // Kept as sent: a forwarded-for hop is whatever the proxy wrote.
+                Some(Value::String(ip)) => {
+                    if ip.len() > MAX_IP_BYTES {
+                        let cut = (0..=MAX_IP_BYTES)
+                            .rev()
+                            .find(|i| ip.is_char_boundary(*i))
+                            .unwrap_or(0);
+                        ip.truncate(cut);
+                        warnings.push(Warning::new(
+                            "data.actor.ip",
+                            Normalization::ActorIpTruncated,
+                            format!("longer than {MAX_IP_BYTES} bytes: cut there"),
+                        ));
+                    }
+                    warnings.push(Warning::new(
+                        "data.actor.ip",
+                        Normalization::ActorIpNotAnAddress,
+                        "not an IPv4 or IPv6 address: kept as sent",
+                    ));
+                }
                 Some(other) => errors.push(FieldError::new(
                     "data.actor.ip",
                     format!("must be a string, not {}", kind(other)),
@@ -587,7 +632,6 @@ mod tests {
             json!("2026-04-22"),
             json!(1776866601),
             json!("22/04/2026 14:03"),
-            json!(null),
         ] {
             assert_eq!(
                 refused(with(login(), "/time", Some(bad.clone()))),
@@ -595,7 +639,7 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(refused(with(login(), "/time", None)), ["time"]);
+        assert_eq!(refused(with(login(), "/time", Some(json!(true)))), ["time"]);
         validate(
             with(login(), "/time", Some(json!("2026-04-22T19:33:21+05:30"))),
             &limits(),
@@ -694,11 +738,11 @@ mod tests {
     fn actor_rules() {
         assert_eq!(refused(with(login(), "/data/actor", None)), ["data.actor"]);
         assert_eq!(
-            refused(with(login(), "/data/actor/id", Some(json!("")))),
+            refused(with(login(), "/data/actor/id", None)),
             ["data.actor.id"]
         );
         assert_eq!(
-            refused(with(login(), "/data/actor/id", None)),
+            refused(with(login(), "/data/actor/id", Some(json!(5)))),
             ["data.actor.id"]
         );
         assert_eq!(
@@ -706,7 +750,7 @@ mod tests {
             ["data.actor.type"]
         );
         assert_eq!(
-            refused(with(login(), "/data/actor/ip", Some(json!("999.1.1.1")))),
+            refused(with(login(), "/data/actor/ip", Some(json!(["10.0.0.1"])))),
             ["data.actor.ip"]
         );
         assert_eq!(
@@ -743,6 +787,65 @@ mod tests {
         )
         .expect("extra actor keys are kept");
         assert_eq!(ev.data()["actor"]["department"], "x");
+    }
+
+    /// The normalizations of an accepted event: (path, reason) pairs.
+    fn normalized(event: Value) -> (ValidEvent, Vec<(String, Normalization)>) {
+        let ev = validate(event, &limits(), now()).expect("accepted, normalized");
+        let pairs = ev
+            .warnings
+            .iter()
+            .map(|w| (w.path.clone(), w.reason))
+            .collect();
+        (ev, pairs)
+    }
+
+    #[test]
+    fn what_the_original_accepted_is_accepted_and_named() {
+        use Normalization::*;
+        let (ev, w) = normalized(with(login(), "/data/actor/id", Some(json!(""))));
+        assert_eq!(w, [("data.actor.id".to_string(), ActorIdEmpty)]);
+        assert_eq!(ev.data()["actor"]["id"], "");
+        for ip in [
+            "unknown",
+            "999.1.1.1",
+            "10.0.0.1, 10.0.0.2",
+            "::ffff:zz",
+            "",
+        ] {
+            let (ev, w) = normalized(with(login(), "/data/actor/ip", Some(json!(ip))));
+            assert_eq!(
+                w,
+                [("data.actor.ip".to_string(), ActorIpNotAnAddress)],
+                "{ip}"
+            );
+            assert_eq!(ev.data()["actor"]["ip"], ip, "kept as sent");
+        }
+        let long = "é".repeat(MAX_IP_BYTES);
+        let (ev, w) = normalized(with(login(), "/data/actor/ip", Some(json!(long))));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w[0].1, ActorIpTruncated);
+        let kept = ev.data()["actor"]["ip"].as_str().expect("ip");
+        assert_eq!(kept.len(), MAX_IP_BYTES);
+        assert!(long.starts_with(kept));
+        let (ev, w) = normalized(with(login(), "/time", None));
+        assert_eq!(w, [("time".to_string(), TimeDefaulted)]);
+        assert_eq!(ev.occurred_at, now());
+        assert_eq!(ev.attributes["time"], "2026-04-22T15:00:00.000000Z");
+        let (ev, w) = normalized(with(login(), "/time", Some(Value::Null)));
+        assert_eq!(
+            w,
+            [
+                ("time".to_string(), NullDropped),
+                ("time".to_string(), TimeDefaulted)
+            ]
+        );
+        assert_eq!(ev.occurred_at, now());
+        let (ev, w) = normalized(with(login(), "/data/actor/session_id", Some(Value::Null)));
+        assert_eq!(w, [("data.actor.session_id".to_string(), NullDropped)]);
+        assert!(ev.data()["actor"].get("session_id").is_none());
+        let (_, w) = normalized(login());
+        assert!(w.is_empty(), "a clean event is not normalized: {w:?}");
     }
 
     #[test]
@@ -784,7 +887,7 @@ mod tests {
     #[test]
     fn every_bad_field_is_reported_at_once() {
         let bad = json!({"specversion": "2.0", "source": "", "type": "t", "time": "yesterday",
-                         "data": {"actor": {"id": ""}, "action": "a", "outcome": "maybe"}});
+                         "data": {"actor": {"id": 7}, "action": "a", "outcome": "maybe"}});
         assert_eq!(
             refused(bad),
             [

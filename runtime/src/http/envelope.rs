@@ -8,6 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::event::FieldError;
+use crate::event::normalize::Warning;
 
 /// `{"id":"openg2p.auditmanager","version":"1.0","responsetime":…,"response":…,"errors":[…]}`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -22,17 +23,22 @@ pub struct Envelope {
     pub errors: Vec<ErrorItem>,
 }
 
-/// The `response` of an accepted single event.
+/// The `response` of an accepted single event, with what was normalized to accept it.
 #[derive(Serialize)]
 pub struct Accepted<'a> {
     pub accepted: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub warnings: &'a [Warning],
 }
 
-/// The `response` of an accepted batch: the ids in the order sent, and their number.
+/// The `response` of an accepted batch: the ids in the order sent, their number, and what was
+/// normalized (paths like `events[3].time`).
 #[derive(Serialize)]
 pub struct BatchAccepted<'a> {
     pub accepted: &'a [String],
     pub count: usize,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub warnings: &'a [Warning],
 }
 
 /// One error of the catalogue.

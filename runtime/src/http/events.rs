@@ -12,6 +12,7 @@ use super::envelope::{self, ApiError, parse_json};
 use super::schema;
 use super::state::{AppState, Shared};
 use crate::config::AckMode;
+use crate::event::normalize::{self, Warning};
 use crate::event::{self, FieldError, Invalid, Limits, ValidEvent, typed};
 use crate::ingest::queue::{Outgoing, Refused};
 
@@ -20,7 +21,7 @@ use crate::ingest::queue::{Outgoing, Refused};
     request_body(content = schema::CloudEvent, content_type = "application/cloudevents+json",
                  description = "Structured mode (application/json also accepted), or binary mode: ce-* headers and the data object as body"),
     responses(
-        (status = 202, description = "Accepted: `response.accepted` is the event id", body = envelope::Envelope),
+        (status = 202, description = "Accepted: `response.accepted` is the event id; `response.warnings` lists what was normalized to accept it, if anything", body = envelope::Envelope),
         (status = 400, description = "AUD-001 malformed JSON, AUD-002 schema validation failed", body = envelope::Envelope),
         (status = 413, description = "AUD-003 body or event too large", body = envelope::Envelope),
         (status = 415, description = "AUD-008 unsupported media type", body = envelope::Envelope),
@@ -36,7 +37,7 @@ pub async fn post_event(State(state): Shared, headers: HeaderMap, body: Body) ->
     request_body(content = schema::EventBatch, content_type = "application/json",
                  description = "`{\"events\": [...]}`, or a JSON array with application/cloudevents-batch+json"),
     responses(
-        (status = 202, description = "Accepted: `response.accepted` lists the ids, `response.count` their number", body = envelope::Envelope),
+        (status = 202, description = "Accepted: `response.accepted` lists the ids, `response.count` their number, `response.warnings` what was normalized (paths like events[3].time)", body = envelope::Envelope),
         (status = 400, description = "AUD-001, AUD-002 (paths like events[3].time), AUD-007 batch too large", body = envelope::Envelope),
         (status = 413, description = "AUD-003", body = envelope::Envelope),
         (status = 415, description = "AUD-008", body = envelope::Envelope),
@@ -77,7 +78,7 @@ async fn accept_one(
             "application/json" | "application/cloudevents+json" => {
                 let text = std::str::from_utf8(&bytes).ok();
                 if let Some(ready) = text.and_then(|text| as_sent(text, &limits, now)) {
-                    return accepted_one(state, ready).await;
+                    return accepted_one(state, ready, Vec::new()).await;
                 }
                 parse_json(&bytes)?
             }
@@ -96,15 +97,23 @@ async fn accept_one(
             "the event is {size} bytes; the limit is {limit} bytes"
         )),
     })?;
-    accepted_one(state, outgoing(event)).await
+    let (event, warnings) = outgoing(event);
+    accepted_one(state, event, warnings).await
 }
 
-async fn accepted_one(state: &AppState, event: Outgoing) -> Result<Response, ApiError> {
+async fn accepted_one(
+    state: &AppState,
+    event: Outgoing,
+    warnings: Vec<Warning>,
+) -> Result<Response, ApiError> {
     let id = event.id.clone();
-    enqueue(state, vec![event]).await?;
+    enqueue(state, vec![event], &warnings).await?;
     Ok(envelope::ok(
         StatusCode::ACCEPTED,
-        envelope::Accepted { accepted: &id },
+        envelope::Accepted {
+            accepted: &id,
+            warnings: &warnings,
+        },
     ))
 }
 
@@ -115,16 +124,21 @@ fn as_sent(text: &str, limits: &Limits, now: chrono::DateTime<chrono::Utc>) -> O
         id: ok.id,
         key: ok.key,
         payload: text.as_bytes().to_vec(),
+        normalized: None,
     })
 }
 
-/// A validated event, serialized, for the queue.
-fn outgoing(event: ValidEvent) -> Outgoing {
-    Outgoing {
+/// A validated event, serialized, for the queue, and what was normalized to accept it.
+fn outgoing(mut event: ValidEvent) -> (Outgoing, Vec<Warning>) {
+    let warnings = std::mem::take(&mut event.warnings);
+    let reasons = normalize::reasons(&warnings, []);
+    let queued = Outgoing {
         id: event.id().to_string(),
         key: event.partition_key().to_string(),
+        normalized: (!reasons.is_empty()).then(|| normalize::header_value(&reasons)),
         payload: event.into_json(),
-    }
+    };
+    (queued, warnings)
 }
 
 /// The events of a batch body: each one's own bytes when the body reads as the batch shape
@@ -198,9 +212,14 @@ async fn accept_batch(
     let now = chrono::Utc::now();
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     let mut check = |at: &str, value: Value, events: &mut Vec<Outgoing>| {
         match event::validate(value, &limits, now) {
-            Ok(e) => events.push(outgoing(e)),
+            Ok(e) => {
+                let (queued, normalized) = outgoing(e);
+                events.push(queued);
+                warnings.extend(normalized.into_iter().map(|w| w.prefixed(at)));
+            }
             Err(Invalid::Fields(f)) => errors.extend(f.into_iter().map(|e| e.prefixed(at))),
             Err(Invalid::TooLarge { size, limit }) => {
                 return Err(ApiError::TooLarge(format!(
@@ -233,12 +252,13 @@ async fn accept_batch(
         return Err(ApiError::Invalid(errors));
     }
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    enqueue(state, events).await?;
+    enqueue(state, events, &warnings).await?;
     Ok(envelope::ok(
         StatusCode::ACCEPTED,
         envelope::BatchAccepted {
             count: ids.len(),
             accepted: &ids,
+            warnings: &warnings,
         },
     ))
 }
@@ -279,7 +299,13 @@ fn refuse_when_draining(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn enqueue(state: &AppState, outgoing: Vec<Outgoing>) -> Result<(), ApiError> {
+/// Queues the events (all or none); once they are accepted, counts them and what was
+/// normalized in them.
+async fn enqueue(
+    state: &AppState,
+    outgoing: Vec<Outgoing>,
+    warnings: &[Warning],
+) -> Result<(), ApiError> {
     let n = outgoing.len() as u64;
     let want_ack = state.config.ingest.ack_mode == AckMode::Kafka;
     let acks = state
@@ -299,6 +325,13 @@ async fn enqueue(state: &AppState, outgoing: Vec<Outgoing>) -> Result<(), ApiErr
         })?;
     }
     state.metrics.events_accepted.inc_by(n);
+    for w in warnings {
+        state
+            .metrics
+            .events_normalized
+            .with_label_values(&[w.reason.as_str()])
+            .inc();
+    }
     Ok(())
 }
 

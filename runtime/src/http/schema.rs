@@ -21,8 +21,9 @@ pub struct CloudEvent {
     id: Option<String>,
     source: String,
     r#type: String,
-    /// RFC 3339 with an offset; inside the retention window, at most `ingest.max_future_skew` ahead.
-    time: String,
+    /// RFC 3339 with an offset; inside the retention window, at most `ingest.max_future_skew`
+    /// ahead. When missing, the receipt time is used (normalization `time_defaulted`).
+    time: Option<String>,
     subject: Option<String>,
     /// A JSON media type when present.
     datacontenttype: Option<String>,
@@ -54,7 +55,8 @@ pub struct Actor {
     id: String,
     name: Option<String>,
     roles: Option<Vec<String>>,
-    /// IPv4 or IPv6.
+    /// IPv4 or IPv6 as a rule; any other string is kept as sent (normalization
+    /// `actor_ip_not_an_address`).
     ip: Option<String>,
     session_id: Option<String>,
 }

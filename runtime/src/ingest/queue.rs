@@ -15,6 +15,9 @@ pub struct Queued {
     /// Key and payload until handed to librdkafka, which keeps its own copy from then on.
     pub key: String,
     pub payload: Vec<u8>,
+    /// What the ingest normalized, for the record's `audit-normalized` header (kept for every
+    /// attempt: librdkafka's report does not carry headers back).
+    pub normalized: Option<String>,
     /// Told once Kafka acknowledged the event (ack mode `kafka`).
     pub acked: Option<oneshot::Sender<()>>,
     /// Returned to the queue when this is dropped, after delivery.
@@ -27,6 +30,8 @@ pub struct Outgoing {
     pub id: String,
     pub key: String,
     pub payload: Vec<u8>,
+    /// The `audit-normalized` header value, when anything was normalized.
+    pub normalized: Option<String>,
 }
 
 /// Why nothing was queued.
@@ -89,6 +94,7 @@ impl IngestQueue {
                 id: e.id,
                 key: e.key,
                 payload: e.payload,
+                normalized: e.normalized,
                 acked,
                 permit,
                 enqueued_at: now,
@@ -143,6 +149,7 @@ mod tests {
                 id: format!("e{i}"),
                 key: "k".into(),
                 payload: b"{}".to_vec(),
+                normalized: None,
             })
             .collect()
     }

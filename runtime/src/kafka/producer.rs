@@ -15,12 +15,14 @@ use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, FutureProducer, Producer, ProducerContext, ThreadedProducer,
 };
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::KafkaConfig;
+use crate::event::normalize;
 use crate::ingest::queue::Queued;
 use crate::metrics::Metrics;
 
@@ -185,9 +187,18 @@ impl Publisher {
         let key = std::mem::take(&mut item.key);
         let payload = std::mem::take(&mut item.payload);
         loop {
-            let record = BaseRecord::with_opaque_to(&self.topic, item)
+            let headers = item.normalized.as_deref().map(|value| {
+                OwnedHeaders::new().insert(Header {
+                    key: normalize::HEADER,
+                    value: Some(value),
+                })
+            });
+            let mut record = BaseRecord::with_opaque_to(&self.topic, item)
                 .key(key.as_str())
                 .payload(payload.as_slice());
+            if let Some(headers) = headers {
+                record = record.headers(headers);
+            }
             match self.producer.send(record) {
                 Ok(()) => return,
                 Err((e, record)) => {

@@ -11,6 +11,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::event::normalize;
 use crate::event::row::{self, Row};
 use crate::event::typed::Envelope;
 use crate::event::{self, Invalid, Limits};
@@ -21,15 +22,25 @@ pub struct Poison {
     pub reason: String,
 }
 
-/// Parses and validates one record value into a row.
-pub fn decode(payload: Option<&[u8]>, limits: &Limits, now: DateTime<Utc>) -> Result<Row, Poison> {
+/// Parses and validates one record value into a row; `normalized` is the record's
+/// `audit-normalized` header (what the ingest normalized), added to the row's own.
+pub fn decode(
+    payload: Option<&[u8]>,
+    normalized: Option<&str>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Row, Poison> {
     let bytes = payload.ok_or_else(|| Poison {
         reason: "empty record: no value".into(),
     })?;
-    match typed(bytes, limits, now) {
-        Some(row) => Ok(row),
-        None => full(bytes, limits, now),
+    let mut row = match typed(bytes, limits, now) {
+        Some(row) => row,
+        None => full(bytes, limits, now)?,
+    };
+    if let Some(header) = normalized {
+        row.also_normalized(normalize::parse_header(header));
     }
+    Ok(row)
 }
 
 /// The full reader: a JSON tree, every rule, every problem named.
@@ -89,6 +100,21 @@ mod tests {
     }
 
     #[test]
+    fn the_ingest_header_adds_what_it_normalized() {
+        let bytes = serde_json::to_vec(&plain()).expect("json");
+        let row = decode(
+            Some(&bytes),
+            Some("time_defaulted,who_knows"),
+            &limits(),
+            now(),
+        )
+        .expect("row");
+        assert_eq!(row.normalized, [normalize::Normalization::TimeDefaulted]);
+        let row = decode(Some(&bytes), None, &limits(), now()).expect("row");
+        assert!(row.normalized.is_empty());
+    }
+
+    #[test]
     fn the_common_events_take_the_typed_reader_and_map_identically() {
         for event in [rich(), plain()] {
             let bytes = serde_json::to_vec(&event).expect("json");
@@ -110,11 +136,8 @@ mod tests {
     #[test]
     fn anything_unusual_is_left_to_the_full_reader() {
         let cases: Vec<(&str, Value)> = vec![
-            ("/id", Value::Null),
             ("/subject", json!("")),
-            ("/subject", Value::Null),
             ("/data/actor/type", json!("robot")),
-            ("/data/actor/ip", json!("nowhere")),
             ("/data/actor/roles", json!(["a", 1])),
             ("/data/outcome", json!("maybe")),
             ("/data/reason", json!(5)),
@@ -138,11 +161,25 @@ mod tests {
                 "{pointer} = {value}"
             );
         }
-        // Valid, but for the full reader: no id (derived from the content), a duplicate key,
-        // trailing bytes (not JSON).
-        let no_id = serde_json::to_vec(&set(rich(), "/id", None)).expect("json");
-        assert!(agree(&no_id).is_none());
-        assert!(full(&no_id, &limits(), now()).is_ok());
+        // Valid, but for the full reader: no id (derived from the content), what it normalizes
+        // (a null taken as absent, an actor ip that is no address, an empty actor id), a
+        // duplicate key, trailing bytes (not JSON).
+        for (pointer, value) in [
+            ("/id", None),
+            ("/id", Some(Value::Null)),
+            ("/subject", Some(Value::Null)),
+            ("/data/actor/name", Some(Value::Null)),
+            ("/data/actor/ip", Some(json!("nowhere"))),
+            ("/data/actor/id", Some(json!(""))),
+            ("/data/resource/program", Some(Value::Null)),
+        ] {
+            let bytes = serde_json::to_vec(&set(rich(), pointer, value.clone())).expect("json");
+            assert!(agree(&bytes).is_none(), "{pointer} = {value:?}");
+            assert!(
+                full(&bytes, &limits(), now()).is_ok(),
+                "{pointer} = {value:?}"
+            );
+        }
         let twice = br#"{"specversion":"1.0","id":"a","id":"b","source":"/s","type":"t","time":"2026-11-02T09:18:55Z","data":{"actor":{"id":"u"},"action":"a","outcome":"success"}}"#;
         assert!(agree(twice).is_none());
         assert_eq!(

@@ -10,6 +10,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::event::normalize;
+use crate::kafka::headers;
 
 pub const REASON: &str = "audit-dlq-reason";
 pub const TOPIC: &str = "audit-dlq-original-topic";
@@ -70,6 +72,15 @@ pub async fn send(
                 key: FIRST_SEEN,
                 value: Some(&seen),
             });
+        // What the ingest normalized stays with the event, through a replay too.
+        let normalized = headers::text(message.headers(), normalize::HEADER);
+        let headers = match normalized {
+            Some(value) => headers.insert(Header {
+                key: normalize::HEADER,
+                value: Some(value),
+            }),
+            None => headers,
+        };
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(headers);
         if let Some(key) = message.key() {
             record = record.key(key);
@@ -160,8 +171,12 @@ pub async fn replay(
         if let Some(h) = m.headers() {
             let mut headers = OwnedHeaders::new();
             for h in h.iter() {
+                let key = match h.key {
+                    normalize::HEADER => normalize::HEADER.to_string(),
+                    other => format!("replayed-{other}"),
+                };
                 headers = headers.insert(Header {
-                    key: &format!("replayed-{}", h.key),
+                    key: &key,
                     value: h.value,
                 });
             }

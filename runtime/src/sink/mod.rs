@@ -30,8 +30,10 @@ use crate::config::Config;
 use crate::db::partitions::{self, Month};
 use crate::db::rows;
 use crate::event::Limits;
+use crate::event::normalize;
 use crate::event::row::Row;
 use crate::health::{Check, Health};
+use crate::kafka::headers;
 use crate::metrics::Metrics;
 
 /// Creates the group consumer (manual commits, from the earliest offset for a new group).
@@ -213,7 +215,8 @@ impl Sink {
         }
         let next = batch.offsets.entry(message.partition()).or_insert(0);
         *next = (*next).max(message.offset() + 1);
-        match decode(message.payload(), limits, batch.now) {
+        let normalized = headers::text(message.headers(), normalize::HEADER);
+        match decode(message.payload(), normalized, limits, batch.now) {
             Ok(row) => batch.good.push((row, message.detach())),
             Err(p) => batch.poison.push((message.detach(), p)),
         }

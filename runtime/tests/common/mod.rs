@@ -34,6 +34,39 @@ pub fn samples() -> Vec<(String, Value)> {
         .collect()
 }
 
+/// What OpenG2P's registry staff-portal API sends for audited calls
+/// (`examples/events/openg2p-staff-portal/`), each with the normalizations the original's
+/// model applied and ours names: (file name, event, reasons), in file order.
+pub fn staff_portal_events() -> Vec<(String, Value, Vec<&'static str>)> {
+    let dir = examples().join("openg2p-staff-portal");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let expected = |name: &str| -> Vec<&'static str> {
+        match &name[..2] {
+            "02" | "06" => vec!["null_dropped"],
+            "03" => vec!["null_dropped", "actor_id_empty"],
+            "04" | "05" | "08" => vec!["actor_ip_not_an_address"],
+            _ => vec![],
+        }
+    };
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = std::fs::read_to_string(&p).expect("readable event");
+            let event = serde_json::from_str(&text).expect("the event is JSON");
+            let reasons = expected(&name);
+            (name, event, reasons)
+        })
+        .collect()
+}
+
 pub fn unique(name: &str) -> String {
     format!(
         "{name}_{}",

@@ -22,7 +22,10 @@ use sqlx::{Connection, PgConnection};
 
 const PASSWORD: &str = "bench-password";
 const DATABASE: &str = "auditbench";
-const COLUMNS: &str = "id, source, type, subject, occurred_at, actor_type, actor_id, resource_type, resource_id, action, outcome, reason, trace_id, details";
+/// The columns the sink COPYs (the ceiling COPYs the same).
+const COLUMNS: &str = "id, source, type, subject, occurred_at, actor_type, actor_id, resource_type, resource_id, action, outcome, reason, trace_id, details, extensions, normalized";
+/// The columns the unnest fallback below fills (the last two stay NULL in the bench's rows).
+const UNNEST_COLUMNS: &str = "id, source, type, subject, occurred_at, actor_type, actor_id, resource_type, resource_id, action, outcome, reason, trace_id, details";
 
 fn arg(name: &str, default: u64) -> Result<u64, String> {
     let args: Vec<String> = std::env::args().collect();
@@ -42,7 +45,7 @@ fn copy_line(run: &str, n: u64, start: chrono::DateTime<chrono::Utc>) -> String 
     let now = (start + chrono::Duration::microseconds(n as i64))
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     format!(
-        "{run}-{n}\t/bench\torg.openg2p.beneficiary.viewed\tbeneficiary/b_{}\t{now}\tuser\tu_{}\tbeneficiary\tb_{}\tview\tsuccess\t\\N\t\\N\t{{\"actor\": {{\"roles\": [\"enrolment-officer\"]}}, \"context\": {{\"sent\": \"{now}\"}}}}\n",
+        "{run}-{n}\t/bench\torg.openg2p.beneficiary.viewed\tbeneficiary/b_{}\t{now}\tuser\tu_{}\tbeneficiary\tb_{}\tview\tsuccess\t\\N\t\\N\t{{\"actor\": {{\"roles\": [\"enrolment-officer\"]}}, \"context\": {{\"sent\": \"{now}\"}}}}\t\\N\t\\N\n",
         n % 100_000,
         n % 5000,
         n % 100_000
@@ -111,7 +114,7 @@ async fn unnest_insert(conn: &mut PgConnection, rows: u64) -> Result<f64, sqlx::
         let text = |f: &dyn Fn(u64) -> String| ids.iter().map(|&i| f(i)).collect::<Vec<String>>();
         let none: Vec<Option<String>> = vec![None; ids.len()];
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO audit_events ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::jsonb[]) ON CONFLICT DO NOTHING"
+            "INSERT INTO audit_events ({UNNEST_COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::jsonb[]) ON CONFLICT DO NOTHING"
         )))
         .bind(text(&|i| format!("unnest-{i}")))
         .bind(text(&|_| "/bench".into()))
