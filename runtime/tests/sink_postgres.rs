@@ -65,6 +65,15 @@ impl Setup {
     fn start(&self, kafka: &Kafka) -> AuditManager {
         common::start(kafka, &self.topic, &self.env(&self.group))
     }
+
+    /// Starts the runtime and connects a client to it.
+    async fn serve(&self, kafka: &Kafka) -> (AuditManager, HttpClient) {
+        let runtime = self.start(kafka);
+        let client = HttpClient::connect(&runtime.address())
+            .await
+            .expect("connect");
+        (runtime, client)
+    }
 }
 
 async fn produce(kafka: &Kafka, topic: &str, records: &[(Option<&str>, Vec<u8>)]) {
@@ -89,10 +98,7 @@ async fn produce(kafka: &Kafka, topic: &str, records: &[(Option<&str>, Vec<u8>)]
 async fn samples_become_rows_exactly_as_specified_and_replays_never_duplicate() {
     let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
     let s = setup(kafka, pg).await;
-    let runtime = s.start(kafka);
-    let mut client = HttpClient::connect(&runtime.address())
-        .await
-        .expect("connect");
+    let (runtime, mut client) = s.serve(kafka).await;
     let mut expected = 0;
     for round in 0..3 {
         for (name, body) in samples() {
@@ -234,10 +240,7 @@ async fn samples_become_rows_exactly_as_specified_and_replays_never_duplicate() 
 async fn openg2p_staff_portal_events_become_rows_holding_what_was_sent() {
     let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
     let s = setup(kafka, pg).await;
-    let runtime = s.start(kafka);
-    let mut client = HttpClient::connect(&runtime.address())
-        .await
-        .expect("connect");
+    let (_runtime, mut client) = s.serve(kafka).await;
     let shapes = common::staff_portal_events();
     // Two more: no time at all (the receipt time is used), and extension attributes.
     let (_, first, _) = &shapes[0];
@@ -406,10 +409,7 @@ async fn a_database_outage_loses_nothing_and_commits_nothing_early() {
     // Its own server: this test stops it.
     let pg = Postgres::start().unwrap_or_else(|e| panic!("testenv: {e}"));
     let s = setup(kafka, &pg).await;
-    let runtime = s.start(kafka);
-    let mut client = HttpClient::connect(&runtime.address())
-        .await
-        .expect("connect");
+    let (_runtime, mut client) = s.serve(kafka).await;
     let reader = s.db.connect("reader").await;
     let mut sent = 0usize;
     for i in 0..10 {
