@@ -8,8 +8,7 @@ use serde_json::{Map, Value};
 
 /// A kind of normalization, as counted in the metric, listed in the 202 answer and stored in
 /// the row's `normalized` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Normalization {
     /// A JSON `null` on an optional attribute, taken as absent.
     NullDropped,
@@ -44,6 +43,13 @@ impl Normalization {
 
     pub fn parse(text: &str) -> Option<Normalization> {
         Normalization::ALL.into_iter().find(|n| n.as_str() == text)
+    }
+}
+
+/// Serialized by its one name, [`Normalization::as_str`].
+impl Serialize for Normalization {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -139,12 +145,9 @@ fn drop_null_keys(
     });
 }
 
-/// The reasons of `warnings` (and of `more`), each once, in a stable order.
-pub fn reasons(
-    warnings: &[Warning],
-    more: impl IntoIterator<Item = Normalization>,
-) -> Vec<Normalization> {
-    let mut all: Vec<Normalization> = warnings.iter().map(|w| w.reason).chain(more).collect();
+/// The reasons of `warnings`, each once, in a stable order.
+pub fn reasons(warnings: &[Warning]) -> Vec<Normalization> {
+    let mut all: Vec<Normalization> = warnings.iter().map(|w| w.reason).collect();
     all.sort();
     all.dedup();
     all

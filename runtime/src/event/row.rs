@@ -62,7 +62,7 @@ fn take(map: &mut Map<String, Value>, key: &str) -> Option<String> {
 /// = the reasons of its warnings. Consumes the event: its strings move into the row.
 pub fn to_row(event: ValidEvent) -> Row {
     let occurred_at = event.occurred_at;
-    let normalized = normalize::reasons(&event.warnings, []);
+    let normalized = normalize::reasons(&event.warnings);
     let mut attrs = event.attributes;
     let mut details = match attrs.remove("data") {
         Some(Value::Object(data)) => data,

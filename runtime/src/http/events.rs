@@ -131,7 +131,7 @@ fn as_sent(text: &str, limits: &Limits, now: chrono::DateTime<chrono::Utc>) -> O
 /// A validated event, serialized, for the queue, and what was normalized to accept it.
 fn outgoing(mut event: ValidEvent) -> (Outgoing, Vec<Warning>) {
     let warnings = std::mem::take(&mut event.warnings);
-    let reasons = normalize::reasons(&warnings, []);
+    let reasons = normalize::reasons(&warnings);
     let queued = Outgoing {
         id: event.id().to_string(),
         key: event.partition_key().to_string(),
