@@ -48,18 +48,26 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 
 /// Reads every record of `topic` from the beginning until the high watermarks, waiting up to
 /// `timeout` for at least `at_least` records to exist.
+///
+/// A broker that has just created the topic (or elected a leader) answers metadata and
+/// watermark requests with retriable errors such as `NotLeaderForPartition` for a moment;
+/// those are retried until `timeout`, and only the last one is reported.
 pub fn read_topic(bootstrap: &str, topic: &str, at_least: usize, timeout: Duration) -> Vec<Record> {
     let deadline = Instant::now() + timeout;
     loop {
-        let records = read_once(bootstrap, topic);
-        if records.len() >= at_least || Instant::now() > deadline {
-            return records;
+        match read_once(bootstrap, topic) {
+            Ok(records) if records.len() >= at_least || Instant::now() > deadline => {
+                return records;
+            }
+            Ok(_) => {}
+            Err(e) if Instant::now() > deadline => panic!("{e}"),
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn read_once(bootstrap: &str, topic: &str) -> Vec<Record> {
+fn read_once(bootstrap: &str, topic: &str) -> Result<Vec<Record>, String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "audit-testenv-reader")
@@ -69,7 +77,7 @@ fn read_once(bootstrap: &str, topic: &str) -> Vec<Record> {
         .unwrap_or_else(|e| panic!("creating a Kafka consumer for {bootstrap}: {e}"));
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("reading metadata of {topic}: {e}"));
+        .map_err(|e| format!("reading metadata of {topic}: {e}"))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -80,7 +88,7 @@ fn read_once(bootstrap: &str, topic: &str) -> Vec<Record> {
     for &p in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("reading watermarks of {topic}/{p}: {e}"));
+            .map_err(|e| format!("reading watermarks of {topic}/{p}: {e}"))?;
         if high > low {
             ends.insert(p, high);
             let _ = assignment.add_partition_offset(topic, p, Offset::Offset(low));
@@ -88,7 +96,7 @@ fn read_once(bootstrap: &str, topic: &str) -> Vec<Record> {
     }
     let mut records = Vec::new();
     if ends.is_empty() {
-        return records;
+        return Ok(records);
     }
     consumer
         .assign(&assignment)
@@ -132,5 +140,5 @@ fn read_once(bootstrap: &str, topic: &str) -> Vec<Record> {
             ends.remove(&m.partition());
         }
     }
-    records
+    Ok(records)
 }
