@@ -148,11 +148,67 @@ pub fn runtime_config(am: &AuditManager) -> Config {
     c.database.sslmode = spec.database.ssl_mode.as_str().into();
     c.database.partition_pre_create_months = months(spec.retention.pre_create_months);
     c.database.partition_retention_months = months(spec.retention.months);
+    size_for_memory(&mut c, memory_limit(am));
     // Partition maintenance runs in the CronJob as the owner role.
     c.components.maintenance = false;
     c.log.level = "info".into();
     c.log.format = "json".into();
     c
+}
+
+/// The container's memory limit in bytes, when one is set and readable.
+fn memory_limit(am: &AuditManager) -> Option<u64> {
+    let limits = am.spec.resources.limits.as_ref()?;
+    quantity_bytes(&limits.get("memory")?.0)
+}
+
+/// A Kubernetes quantity of bytes: `512Mi`, `1G`, `134217728`, `1.5Gi`, `129e6`.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exp if exp.starts_with(['e', 'E']) => 10f64.powi(exp[1..].parse().ok()?),
+        _ => return None,
+    };
+    let bytes = number * factor;
+    (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+}
+
+/// Sizes what the runtime holds in memory to the container's limit, so a full queue and a
+/// full body budget always fit beside the process itself: a quarter for the queue, an eighth
+/// for request bodies being read. A batch body that would not fit either is limited to what
+/// does.
+fn size_for_memory(c: &mut Config, limit: Option<u64>) {
+    let Some(limit) = limit.and_then(|l| usize::try_from(l).ok()) else {
+        return;
+    };
+    let i = &mut c.ingest;
+    i.queue_max_bytes = (limit / 4).max(i.max_event_bytes);
+    i.max_inflight_body_bytes = limit / 8;
+    let fits = i
+        .queue_max_bytes
+        .min(i.max_inflight_body_bytes + i.event_body_limit());
+    if i.batch_body_limit() > fits {
+        i.max_body_bytes = Some(fits);
+    }
 }
 
 /// The configuration file the runtime reads at `$CONFIG_PATH`, without secrets.
@@ -566,6 +622,40 @@ mod tests {
         assert!(
             c["database"].get("password").is_none(),
             "no password in the ConfigMap"
+        );
+    }
+
+    #[test]
+    fn memory_quantities_read_as_kubernetes_writes_them() {
+        assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("128974848"), Some(128_974_848));
+        assert_eq!(quantity_bytes("129e6"), Some(129_000_000));
+        assert_eq!(quantity_bytes("129M"), Some(129_000_000));
+        assert_eq!(quantity_bytes("123Mb"), None);
+    }
+
+    #[test]
+    fn the_queue_and_body_budget_fit_the_memory_limit() {
+        let with_limit = |memory: &str| {
+            runtime_config(&am(json!({"resources": {"limits": {"memory": memory}}})))
+        };
+        let c = with_limit("512Mi");
+        assert_eq!(c.ingest.queue_max_bytes, 128 << 20);
+        assert_eq!(c.ingest.max_inflight_body_bytes, 64 << 20);
+        assert_eq!(c.ingest.max_body_bytes, None, "a 32 MiB batch fits");
+        let small = with_limit("64Mi");
+        assert_eq!(small.ingest.queue_max_bytes, 16 << 20);
+        assert_eq!(
+            small.ingest.batch_body_limit(),
+            small.ingest.max_inflight_body_bytes + small.ingest.event_body_limit(),
+            "a batch is limited to what the budget can read"
+        );
+        let none = runtime_config(&am(json!({"resources": {}})));
+        assert_eq!(
+            none.ingest.queue_max_bytes,
+            Config::default().ingest.queue_max_bytes
         );
     }
 

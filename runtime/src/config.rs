@@ -70,8 +70,17 @@ pub struct Config {
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
-    /// Upper bound on draining the queue to Kafka after SIGTERM.
+    /// The one deadline of a shutdown after SIGTERM: publishing the queue to Kafka, stopping
+    /// the consumer and closing HTTP connections all end within it. Keep it below the pod's
+    /// `terminationGracePeriodSeconds`.
     pub shutdown_timeout_seconds: u64,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request head, counted from when the server
+    /// starts waiting for it: this also closes kept-alive connections idle that long.
+    pub request_head_timeout_seconds: u64,
+    /// How long a client may take to send a request body (408 after that).
+    pub body_read_timeout_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +89,9 @@ impl Default for ServerConfig {
             host: "0.0.0.0".into(),
             port: DEFAULT_PORT,
             shutdown_timeout_seconds: 60,
+            max_connections: 1024,
+            request_head_timeout_seconds: 60,
+            body_read_timeout_seconds: 30,
         }
     }
 }
@@ -98,14 +110,25 @@ pub enum AckMode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
+    /// Accepted events not yet in Kafka, counted in events.
     pub queue_max_size: usize,
+    /// Accepted events not yet in Kafka, counted in bytes (each event's payload, key and id).
+    pub queue_max_bytes: usize,
     pub max_batch_size: usize,
+    /// The largest event. A single-event body may exceed it by a quarter (formatting).
     pub max_event_bytes: usize,
-    pub max_body_bytes: usize,
+    /// The largest batch body; unset (null) means `max_batch_size × max_event_bytes`.
+    pub max_body_bytes: Option<usize>,
+    /// Request bodies held in memory at once, over all connections, beyond the first
+    /// single-event body's worth of each (which is never refused for this budget).
+    pub max_inflight_body_bytes: usize,
     /// How far ahead of now an event's `time` may lie, e.g. `1h`, `90s`.
     pub max_future_skew: String,
     pub ack_mode: AckMode,
-    /// Seconds suggested in `Retry-After` when the queue is full.
+    /// With `ack_mode: kafka`, how long a request waits for Kafka's acknowledgement before it
+    /// is answered 503 with Retry-After (the event stays queued and is still published).
+    pub ack_timeout_seconds: u64,
+    /// Seconds suggested in `Retry-After` on 503.
     pub retry_after_seconds: u64,
 }
 
@@ -113,13 +136,30 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             queue_max_size: 10_000,
+            queue_max_bytes: 64 * 1024 * 1024,
             max_batch_size: 500,
             max_event_bytes: 64 * 1024,
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes: None,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
             max_future_skew: "1h".into(),
             ack_mode: AckMode::Queued,
+            ack_timeout_seconds: 10,
             retry_after_seconds: 1,
         }
+    }
+}
+
+impl IngestConfig {
+    /// The largest body of `POST /events`: one event, plus a quarter for formatting.
+    pub fn event_body_limit(&self) -> usize {
+        self.max_event_bytes
+            .saturating_add(self.max_event_bytes / 4)
+    }
+
+    /// The largest body of `POST /events/batch`.
+    pub fn batch_body_limit(&self) -> usize {
+        self.max_body_bytes
+            .unwrap_or_else(|| self.max_batch_size.saturating_mul(self.max_event_bytes))
     }
 }
 
@@ -323,6 +363,44 @@ impl Config {
         Ok(config)
     }
 
+    /// The byte limits must admit what the event limits admit: a batch at its body limit has to
+    /// fit the queue and the in-flight body budget, or it could never be accepted.
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
+        let i = &self.ingest;
+        let batch = i.batch_body_limit();
+        if batch < i.max_event_bytes {
+            return Err(invalid(
+                "ingest.max_body_bytes",
+                format!(
+                    "{batch} is below ingest.max_event_bytes {}",
+                    i.max_event_bytes
+                ),
+            ));
+        }
+        if i.queue_max_bytes < batch {
+            return Err(invalid(
+                "ingest.queue_max_bytes",
+                format!(
+                    "{} is below the batch body limit {batch} (ingest.max_body_bytes, or max_batch_size × max_event_bytes): such a batch could never be queued",
+                    i.queue_max_bytes
+                ),
+            ));
+        }
+        if i.max_inflight_body_bytes
+            .saturating_add(i.event_body_limit())
+            < batch
+        {
+            return Err(invalid(
+                "ingest.max_inflight_body_bytes",
+                format!(
+                    "{} is too small to read a batch body of {batch} bytes (ingest.max_body_bytes, or max_batch_size × max_event_bytes)",
+                    i.max_inflight_body_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = |key: &str, v: u64| {
             if v == 0 {
@@ -334,6 +412,23 @@ impl Config {
         positive("ingest.queue_max_size", self.ingest.queue_max_size as u64)?;
         positive("ingest.max_batch_size", self.ingest.max_batch_size as u64)?;
         positive("ingest.max_event_bytes", self.ingest.max_event_bytes as u64)?;
+        positive(
+            "ingest.ack_timeout_seconds",
+            self.ingest.ack_timeout_seconds,
+        )?;
+        positive("server.max_connections", self.server.max_connections as u64)?;
+        positive(
+            "server.request_head_timeout_seconds",
+            self.server.request_head_timeout_seconds,
+        )?;
+        positive(
+            "server.body_read_timeout_seconds",
+            self.server.body_read_timeout_seconds,
+        )?;
+        positive(
+            "server.shutdown_timeout_seconds",
+            self.server.shutdown_timeout_seconds,
+        )?;
         positive(
             "kafka.consumer.batch_max_records",
             self.kafka.consumer.batch_max_records as u64,
@@ -367,12 +462,7 @@ impl Config {
                 ),
             ));
         }
-        if self.ingest.max_body_bytes < self.ingest.max_event_bytes {
-            return Err(invalid(
-                "ingest.max_body_bytes",
-                "must be at least ingest.max_event_bytes",
-            ));
-        }
+        self.validate_sizes()?;
         parse_duration(&self.ingest.max_future_skew)
             .map_err(|m| invalid("ingest.max_future_skew", m))?;
         for (key, v) in [
@@ -529,6 +619,12 @@ fn set_path(tree: &mut Value, defaults: &Value, key: &str, raw: &str) -> Result<
         Some(Value::Object(_)) => {
             return Err(invalid(key, "is a section; set one of its keys"));
         }
+        // An optional number whose default is unset.
+        Some(Value::Null) => raw
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::String(raw.to_string())),
         Some(_) => Value::String(raw.to_string()),
         None => return Err(invalid(key, "unknown configuration key")),
     };

@@ -13,6 +13,9 @@ pub struct Metrics {
     pub events_normalized: IntCounterVec,
     pub queue_depth: IntGauge,
     pub queue_capacity: IntGauge,
+    pub queue_bytes: IntGauge,
+    pub queue_max_bytes: IntGauge,
+    pub inflight_body_bytes: IntGauge,
     pub published: IntCounter,
     pub publish_failures: IntCounter,
     pub publish_latency: Histogram,
@@ -90,6 +93,15 @@ impl Metrics {
                 "Accepted events not yet acknowledged by Kafka",
             ),
             queue_capacity: gauge("audit_ingest_queue_capacity", "ingest.queue_max_size"),
+            queue_bytes: gauge(
+                "audit_ingest_queue_bytes",
+                "Bytes held by accepted events not yet acknowledged by Kafka",
+            ),
+            queue_max_bytes: gauge("audit_ingest_queue_max_bytes", "ingest.queue_max_bytes"),
+            inflight_body_bytes: gauge(
+                "audit_ingest_inflight_body_bytes",
+                "Bytes of request bodies being read, beyond each request's single-event allowance (ingest.max_inflight_body_bytes)",
+            ),
             published: counter(
                 "audit_kafka_published_total",
                 "Events acknowledged by Kafka",

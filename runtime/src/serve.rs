@@ -2,15 +2,17 @@
 //! then drains: readiness off, new events refused (AUD-005), queue published, exit.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::producer::Producer;
-use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::health::{Check, Health};
 use crate::http::router::router;
+use crate::http::server::Server;
 use crate::http::state::AppState;
 use crate::ingest::queue::IngestQueue;
 use crate::kafka::producer::{IngestProducer, Publisher, build_ingest_producer, build_producer};
@@ -22,7 +24,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let (queue, queue_rx) = IngestQueue::new(config.ingest.queue_max_size);
+    let (queue, queue_rx) =
+        IngestQueue::new(config.ingest.queue_max_size, config.ingest.queue_max_bytes);
     let queue = Arc::new(queue);
 
     let mut publisher = None;
@@ -80,24 +83,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| {
             format!("binding the HTTP listener on {address} (server.host, server.port)")
         })?;
-    let state = Arc::new(AppState {
-        config: Arc::clone(&config),
-        queue: Arc::clone(&queue),
-        metrics: Arc::clone(&metrics),
-        health: Arc::clone(&health),
-    });
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
+    let state = Arc::new(AppState::new(
+        Arc::clone(&config),
+        Arc::clone(&queue),
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+    ));
+    let server = Server::spawn(listener, router(state), &config.server);
     health.mark_started();
     tracing::info!(%address, ingest = config.components.ingest, consumer = config.components.consumer, "audit-manager serving");
 
     let signal = stop_signal().await;
+    // One deadline for everything below, kept under the pod's grace period.
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs(config.server.shutdown_timeout_seconds);
     tracing::info!(
         signal,
         depth = queue.depth(),
@@ -105,48 +104,72 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     health.mark_shutting_down();
     queue.close();
-    let started = Instant::now();
-    let depth = queue.depth();
-    if let Some(publisher) = publisher {
-        let limit = Duration::from_secs(config.server.shutdown_timeout_seconds);
-        match tokio::time::timeout(limit, publisher).await {
-            Ok(_) => tracing::info!(
-                events = depth,
-                millis = started.elapsed().as_millis() as u64,
-                "queue drained to Kafka"
-            ),
-            Err(_) => tracing::error!(
-                remaining = queue.depth(),
-                "queue not drained within server.shutdown_timeout_seconds; exiting with events unpublished"
-            ),
-        }
-    }
     let _ = stop_sink.send(true);
-    if let Some(sink) = sink {
-        match tokio::time::timeout(Duration::from_secs(30), sink).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the consumer failed"),
-            Ok(Err(e)) => tracing::error!(error = %e, "the consumer task failed"),
-            Err(_) => tracing::error!(
-                "the consumer did not stop within 30 s; its batch stays uncommitted in Kafka"
-            ),
-        }
-    }
+    // The queue drains to Kafka while the consumer finishes its batch; requests meanwhile
+    // get 503 AUD-005 (or their Kafka acknowledgement), and the listener closes last.
+    tokio::join!(
+        drain_publisher(publisher, &queue, deadline),
+        stop_consumer(sink, deadline)
+    );
     for task in background {
         task.abort();
     }
-    let _ = stop_http.send(());
-    server
-        .await
-        .context("the HTTP server task failed")?
-        .context("the HTTP server failed")?;
+    let cut = server
+        .stop(deadline.max(Instant::now() + Duration::from_secs(1)))
+        .await;
+    tracing::info!(
+        cut,
+        millis = began.elapsed().as_millis() as u64,
+        "HTTP server stopped"
+    );
     if queue.depth() > 0 {
         anyhow::bail!(
-            "{} accepted events could not be published before shutdown",
+            "{} accepted events could not be published before shutdown (server.shutdown_timeout_seconds)",
             queue.depth()
         );
     }
     Ok(())
+}
+
+/// Waits for the publisher to hand every queued event to Kafka, until `deadline`.
+async fn drain_publisher(
+    publisher: Option<JoinHandle<()>>,
+    queue: &IngestQueue,
+    deadline: Instant,
+) {
+    let Some(publisher) = publisher else {
+        return;
+    };
+    let (started, depth) = (Instant::now(), queue.depth());
+    match tokio::time::timeout_at(deadline, publisher).await {
+        Ok(_) => tracing::info!(
+            events = depth,
+            millis = started.elapsed().as_millis() as u64,
+            "queue drained to Kafka"
+        ),
+        Err(_) => tracing::error!(
+            remaining = queue.depth(),
+            "queue not drained within server.shutdown_timeout_seconds; exiting with events unpublished"
+        ),
+    }
+}
+
+/// Waits for the consumer to write and commit its batch in flight, until `deadline`.
+async fn stop_consumer(
+    sink: Option<JoinHandle<Result<(), rdkafka::error::KafkaError>>>,
+    deadline: Instant,
+) {
+    let Some(sink) = sink else {
+        return;
+    };
+    match tokio::time::timeout_at(deadline, sink).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "the consumer failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "the consumer task failed"),
+        Err(_) => tracing::error!(
+            "the consumer did not stop within server.shutdown_timeout_seconds; its batch stays uncommitted in Kafka and is written again by the next consumer"
+        ),
+    }
 }
 
 /// Keeps `Health::kafka_connected` current by asking a broker for metadata.

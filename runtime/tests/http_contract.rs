@@ -26,7 +26,8 @@ fn app(env: &[(&str, &str)]) -> axum::Router {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let config = Config::load_from(&env).expect("test config is valid");
-    let (queue, mut rx) = IngestQueue::new(config.ingest.queue_max_size);
+    let (queue, mut rx) =
+        IngestQueue::new(config.ingest.queue_max_size, config.ingest.queue_max_bytes);
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn(async move { while rx.recv().await.is_some() {} });
     } else {
@@ -37,12 +38,12 @@ fn app(env: &[(&str, &str)]) -> axum::Router {
     // The drain task above stands in for the publisher; no consumer runs in process.
     health.set_publisher_alive(true);
     health.set_consumer_alive(true);
-    router(Arc::new(AppState {
-        config: Arc::new(config),
-        queue: Arc::new(queue),
-        metrics: Arc::new(Metrics::new()),
+    router(Arc::new(AppState::new(
+        Arc::new(config),
+        Arc::new(queue),
+        Arc::new(Metrics::new()),
         health,
-    }))
+    )))
 }
 
 async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {

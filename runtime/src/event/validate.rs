@@ -272,14 +272,21 @@ fn check_data(
             }
             match actor.get("roles") {
                 None => {}
+                // One error for the first offender and a count: a hostile array of a million
+                // numbers costs one message, not a million.
                 Some(Value::Array(roles)) => {
-                    for (i, r) in roles.iter().enumerate() {
-                        if !r.is_string() {
-                            errors.push(FieldError::new(
-                                format!("data.actor.roles[{i}]"),
-                                format!("must be a string, not {}", kind(r)),
-                            ));
-                        }
+                    let mut bad = roles.iter().enumerate().filter(|(_, r)| !r.is_string());
+                    if let Some((i, r)) = bad.next() {
+                        let more = bad.count();
+                        let also = if more > 0 {
+                            format!(" (and {more} more roles that are not strings)")
+                        } else {
+                            String::new()
+                        };
+                        errors.push(FieldError::new(
+                            format!("data.actor.roles[{i}]"),
+                            format!("must be a string, not {}{also}", kind(r)),
+                        ));
                     }
                 }
                 Some(other) => errors.push(FieldError::new(
@@ -760,6 +767,20 @@ mod tests {
                 Some(json!(["admin", 3]))
             )),
             ["data.actor.roles[1]"]
+        );
+        let numbers: Vec<u32> = (0..10_000).collect();
+        let Err(Invalid::Fields(errors)) = validate(
+            with(login(), "/data/actor/roles", Some(json!(numbers))),
+            &limits(),
+            now(),
+        ) else {
+            panic!("roles of numbers are refused");
+        };
+        assert_eq!(errors.len(), 1, "one error for the whole array: {errors:?}");
+        assert!(
+            errors[0].to_string().contains("and 9999 more roles"),
+            "{}",
+            errors[0]
         );
         assert_eq!(
             refused(with(login(), "/data/actor/roles", Some(json!("admin")))),

@@ -33,7 +33,7 @@ pub fn binary_mode_event(headers: &HeaderMap, media: &str, body: &[u8]) -> Resul
         }
     }
     if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
+        return Err(ApiError::invalid(errors));
     }
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)

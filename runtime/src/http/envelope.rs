@@ -87,19 +87,44 @@ pub fn with_errors(
     render(status, response, &errors)
 }
 
+/// The most validation errors listed in one answer; the rest are counted.
+pub const MAX_LISTED_ERRORS: usize = 20;
+
 /// Every way a request can fail, mapped to the error catalogue.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    /// At most [`MAX_LISTED_ERRORS`] errors, and how many more were found.
     #[error("schema validation failed")]
-    Invalid(Vec<FieldError>),
+    Invalid {
+        errors: Vec<FieldError>,
+        omitted: usize,
+    },
     #[error("{0}")]
     TooLarge(String),
     #[error("ingest queue full")]
     QueueFull { retry_after_seconds: u64 },
+    /// Another bounded resource than the queue is full (AUD-004, with Retry-After).
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after_seconds: u64,
+    },
     #[error("{0}")]
     NotReady(String),
+    /// Queued, but Kafka did not acknowledge in time (`ack_mode: kafka`): AUD-005 with
+    /// Retry-After. The event may still be stored; sending it again is safe (its id makes
+    /// the row once).
+    #[error(
+        "Kafka did not acknowledge within {waited_seconds} s (ingest.ack_timeout_seconds); the event stays queued and may still be stored: retrying with the same id is safe"
+    )]
+    AckTimeout {
+        waited_seconds: u64,
+        retry_after_seconds: u64,
+    },
+    #[error("{0}")]
+    BodyTimeout(String),
     #[error("database check failed: {0}")]
     Database(String),
     #[error("{0}")]
@@ -111,14 +136,40 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// AUD-002 with `errors`, listing the first [`MAX_LISTED_ERRORS`].
+    pub fn invalid(mut errors: Vec<FieldError>) -> ApiError {
+        let omitted = errors.len().saturating_sub(MAX_LISTED_ERRORS);
+        errors.truncate(MAX_LISTED_ERRORS);
+        ApiError::Invalid { errors, omitted }
+    }
+
+    /// The seconds of a `Retry-After` header, for the errors that carry one.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::QueueFull {
+                retry_after_seconds,
+            }
+            | ApiError::Overloaded {
+                retry_after_seconds,
+                ..
+            }
+            | ApiError::AckTimeout {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
+            _ => None,
+        }
+    }
+
     /// The catalogue code.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "AUD-001",
-            ApiError::Invalid(_) => "AUD-002",
+            ApiError::Invalid { .. } => "AUD-002",
             ApiError::TooLarge(_) => "AUD-003",
-            ApiError::QueueFull { .. } => "AUD-004",
-            ApiError::NotReady(_) => "AUD-005",
+            ApiError::QueueFull { .. } | ApiError::Overloaded { .. } => "AUD-004",
+            ApiError::NotReady(_) | ApiError::AckTimeout { .. } => "AUD-005",
+            ApiError::BodyTimeout(_) => "AUD-010",
             ApiError::Database(_) => "AUD-006",
             ApiError::BatchTooLarge(_) => "AUD-007",
             ApiError::UnsupportedMediaType(_) => "AUD-008",
@@ -128,13 +179,16 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::Invalid(_) | ApiError::BatchTooLarge(_) => {
+            ApiError::MalformedJson(_) | ApiError::Invalid { .. } | ApiError::BatchTooLarge(_) => {
                 StatusCode::BAD_REQUEST
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueFull { .. } | ApiError::NotReady(_) | ApiError::Database(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::QueueFull { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::NotReady(_)
+            | ApiError::AckTimeout { .. }
+            | ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         }
@@ -144,13 +198,24 @@ impl ApiError {
     pub fn items(&self) -> Vec<ErrorItem> {
         let code = self.code();
         match self {
-            ApiError::Invalid(fields) => fields
-                .iter()
-                .map(|f| ErrorItem {
-                    error_code: code,
-                    message: f.to_string(),
-                })
-                .collect(),
+            ApiError::Invalid { errors, omitted } => {
+                let mut items: Vec<ErrorItem> = errors
+                    .iter()
+                    .map(|f| ErrorItem {
+                        error_code: code,
+                        message: f.to_string(),
+                    })
+                    .collect();
+                if *omitted > 0 {
+                    items.push(ErrorItem {
+                        error_code: code,
+                        message: format!(
+                            "and {omitted} more errors not listed (the first {MAX_LISTED_ERRORS} are)"
+                        ),
+                    });
+                }
+                items
+            }
             ApiError::QueueFull {
                 retry_after_seconds,
             } => vec![ErrorItem {
@@ -170,10 +235,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = with_errors(self.status(), None, self.items());
-        if let ApiError::QueueFull {
-            retry_after_seconds,
-        } = &self
-            && let Ok(v) = HeaderValue::from_str(&retry_after_seconds.to_string())
+        if let Some(seconds) = self.retry_after()
+            && let Ok(v) = HeaderValue::from_str(&seconds.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
         }

@@ -1,16 +1,16 @@
 //! The event endpoints: one CloudEvent, or a batch accepted whole or not at all.
 
-use axum::body::{Body, Bytes};
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
-use serde_json::value::RawValue;
 
 use super::binary::binary_mode_event;
-use super::envelope::{self, ApiError, parse_json};
-use super::schema;
+use super::envelope::{self, ApiError, MAX_LISTED_ERRORS, parse_json};
 use super::state::{AppState, Shared};
+use super::{body, schema, shape};
 use crate::config::AckMode;
 use crate::event::normalize::{self, Warning};
 use crate::event::{self, FieldError, Invalid, Limits, ValidEvent, typed};
@@ -23,9 +23,10 @@ use crate::ingest::queue::{Outgoing, Refused};
     responses(
         (status = 202, description = "Accepted: `response.accepted` is the event id; `response.warnings` lists what was normalized to accept it, if anything", body = envelope::Envelope),
         (status = 400, description = "AUD-001 malformed JSON, AUD-002 schema validation failed", body = envelope::Envelope),
+        (status = 408, description = "AUD-010 the body was not received within server.body_read_timeout_seconds", body = envelope::Envelope),
         (status = 413, description = "AUD-003 body or event too large", body = envelope::Envelope),
         (status = 415, description = "AUD-008 unsupported media type", body = envelope::Envelope),
-        (status = 503, description = "AUD-004 queue full (Retry-After), AUD-005 not ready", body = envelope::Envelope),
+        (status = 503, description = "AUD-004 queue or body budget full (Retry-After), AUD-005 not ready, or Kafka did not acknowledge in time (ack_mode kafka, Retry-After)", body = envelope::Envelope),
     ))]
 pub async fn post_event(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
     let result = accept_one(&state, &headers, body).await;
@@ -39,6 +40,7 @@ pub async fn post_event(State(state): Shared, headers: HeaderMap, body: Body) ->
     responses(
         (status = 202, description = "Accepted: `response.accepted` lists the ids, `response.count` their number, `response.warnings` what was normalized (paths like events[3].time)", body = envelope::Envelope),
         (status = 400, description = "AUD-001, AUD-002 (paths like events[3].time), AUD-007 batch too large", body = envelope::Envelope),
+        (status = 408, description = "AUD-010", body = envelope::Envelope),
         (status = 413, description = "AUD-003", body = envelope::Envelope),
         (status = 415, description = "AUD-008", body = envelope::Envelope),
         (status = 503, description = "AUD-004 (nothing of the batch was accepted), AUD-005", body = envelope::Envelope),
@@ -69,18 +71,23 @@ async fn accept_one(
 ) -> Result<Response, ApiError> {
     refuse_when_draining(state)?;
     let media = media_type(headers);
-    let bytes = read_body(state, headers, body).await?;
+    let limit = body::Limit {
+        bytes: state.config.ingest.event_body_limit(),
+        key: "ingest.max_event_bytes, plus a quarter",
+    };
+    let read = body::read(state, headers, body, limit).await?;
+    let bytes = &read.bytes;
     let (limits, now) = (state.limits(), chrono::Utc::now());
     let value = if headers.contains_key("ce-specversion") {
-        binary_mode_event(headers, &media, &bytes)?
+        binary_mode_event(headers, &media, bytes)?
     } else {
         match &*media {
             "application/json" | "application/cloudevents+json" => {
-                let text = std::str::from_utf8(&bytes).ok();
+                let text = std::str::from_utf8(bytes).ok();
                 if let Some(ready) = text.and_then(|text| as_sent(text, &limits, now)) {
                     return accepted_one(state, ready, Vec::new()).await;
                 }
-                parse_json(&bytes)?
+                parse_json(bytes)?
             }
             "application/cloudevents-batch+json" => {
                 return Err(ApiError::UnsupportedMediaType(
@@ -92,7 +99,7 @@ async fn accept_one(
         }
     };
     let event = event::validate(value, &limits, now).map_err(|e| match e {
-        Invalid::Fields(f) => ApiError::Invalid(f),
+        Invalid::Fields(f) => ApiError::invalid(f),
         Invalid::TooLarge { size, limit } => ApiError::TooLarge(format!(
             "the event is {size} bytes; the limit is {limit} bytes"
         )),
@@ -141,33 +148,6 @@ fn outgoing(mut event: ValidEvent) -> (Outgoing, Vec<Warning>) {
     (queued, warnings)
 }
 
-/// The events of a batch body: each one's own bytes when the body reads as the batch shape
-/// (the common case), else JSON values from a tree of the whole body.
-enum Items<'a> {
-    Raw(Vec<&'a RawValue>),
-    Parsed(Vec<Value>),
-}
-
-impl Items<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Items::Raw(items) => items.len(),
-            Items::Parsed(items) => items.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// `{"events": [...]}` with each event's bytes borrowed from the body.
-#[derive(serde::Deserialize)]
-struct Wrapped<'a> {
-    #[serde(borrow)]
-    events: Vec<&'a RawValue>,
-}
-
 async fn accept_batch(
     state: &AppState,
     headers: &HeaderMap,
@@ -175,23 +155,20 @@ async fn accept_batch(
 ) -> Result<Response, ApiError> {
     refuse_when_draining(state)?;
     let media = media_type(headers);
-    let bytes = read_body(state, headers, body).await?;
+    let limit = body::Limit {
+        bytes: state.config.ingest.batch_body_limit(),
+        key: "ingest.max_body_bytes, by default ingest.max_batch_size × ingest.max_event_bytes",
+    };
+    let read = body::read(state, headers, body, limit).await?;
+    let bytes = &read.bytes;
     let (items, prefix) = match &*media {
-        "application/json" => match serde_json::from_slice::<Wrapped>(&bytes) {
-            Ok(body) => (Items::Raw(body.events), "events"),
-            Err(_) => (Items::Parsed(wrapped_events(&bytes)?), "events"),
+        "application/json" => match serde_json::from_slice::<shape::Wrapped>(bytes) {
+            Ok(body) => (body.events, "events"),
+            Err(e) => return Err(shape::wrapped(bytes, e)),
         },
-        "application/cloudevents-batch+json" => match serde_json::from_slice(&bytes) {
-            Ok(events) => (Items::Raw(events), ""),
-            Err(_) => match parse_json(&bytes)? {
-                Value::Array(items) => (Items::Parsed(items), ""),
-                _ => {
-                    return Err(ApiError::Invalid(vec![FieldError::new(
-                        "",
-                        "a CloudEvents batch must be a JSON array of events",
-                    )]));
-                }
-            },
+        "application/cloudevents-batch+json" => match serde_json::from_slice(bytes) {
+            Ok(events) => (events, ""),
+            Err(e) => return Err(shape::array(bytes, e)),
         },
         other => return Err(unsupported(other)),
     };
@@ -203,53 +180,59 @@ async fn accept_batch(
         )));
     }
     if items.is_empty() {
-        return Err(ApiError::Invalid(vec![FieldError::new(
+        return Err(ApiError::invalid(vec![FieldError::new(
             prefix,
             "must contain at least one event",
         )]));
     }
     let limits = state.limits();
     let now = chrono::Utc::now();
+    // An event's own bytes are measured before any tree is built from them.
+    let raw_limit = state.config.ingest.event_body_limit();
+    if let Some((i, raw)) = items
+        .iter()
+        .enumerate()
+        .find(|(_, raw)| raw.get().len() > raw_limit)
+    {
+        return Err(ApiError::TooLarge(format!(
+            "{prefix}[{i}] is {} bytes; the limit per event is {} bytes (ingest.max_event_bytes)",
+            raw.get().len(),
+            limits.max_event_bytes
+        )));
+    }
     let mut events = Vec::with_capacity(items.len());
+    // The first errors are kept for the answer, the rest only counted.
     let mut errors = Vec::new();
+    let mut omitted = 0;
     let mut warnings = Vec::new();
-    let mut check = |at: &str, value: Value, events: &mut Vec<Outgoing>| {
+    for (i, raw) in items.into_iter().enumerate() {
+        if let Some(ready) = as_sent(raw.get(), &limits, now) {
+            events.push(ready);
+            continue;
+        }
+        let at = format!("{prefix}[{i}]");
+        let value = serde_json::from_str(raw.get())
+            .map_err(|e| ApiError::MalformedJson(format!("{at}: {e}")))?;
         match event::validate(value, &limits, now) {
             Ok(e) => {
                 let (queued, normalized) = outgoing(e);
                 events.push(queued);
-                warnings.extend(normalized.into_iter().map(|w| w.prefixed(at)));
+                warnings.extend(normalized.into_iter().map(|w| w.prefixed(&at)));
             }
-            Err(Invalid::Fields(f)) => errors.extend(f.into_iter().map(|e| e.prefixed(at))),
+            Err(Invalid::Fields(f)) => {
+                let room = MAX_LISTED_ERRORS.saturating_sub(errors.len());
+                omitted += f.len().saturating_sub(room);
+                errors.extend(f.into_iter().take(room).map(|e| e.prefixed(&at)));
+            }
             Err(Invalid::TooLarge { size, limit }) => {
                 return Err(ApiError::TooLarge(format!(
-                    "{at} is {size} bytes; the limit per event is {limit} bytes"
+                    "{at} is {size} bytes; the limit per event is {limit} bytes (ingest.max_event_bytes)"
                 )));
-            }
-        }
-        Ok(())
-    };
-    match items {
-        Items::Raw(items) => {
-            for (i, raw) in items.into_iter().enumerate() {
-                if let Some(ready) = as_sent(raw.get(), &limits, now) {
-                    events.push(ready);
-                    continue;
-                }
-                let at = format!("{prefix}[{i}]");
-                let value = serde_json::from_str(raw.get())
-                    .map_err(|e| ApiError::MalformedJson(format!("{at}: {e}")))?;
-                check(&at, value, &mut events)?;
-            }
-        }
-        Items::Parsed(items) => {
-            for (i, value) in items.into_iter().enumerate() {
-                check(&format!("{prefix}[{i}]"), value, &mut events)?;
             }
         }
     }
     if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
+        return Err(ApiError::Invalid { errors, omitted });
     }
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     enqueue(state, events, &warnings).await?;
@@ -261,28 +244,6 @@ async fn accept_batch(
             warnings: &warnings,
         },
     ))
-}
-
-/// The events of a `{"events": [...]}` body that did not read as the batch shape: parsed
-/// whole, so the problem (not JSON, no `events`, not an array) is named.
-fn wrapped_events(bytes: &[u8]) -> Result<Vec<Value>, ApiError> {
-    match parse_json(bytes)? {
-        Value::Object(mut obj) => match obj.remove("events") {
-            Some(Value::Array(items)) => Ok(items),
-            Some(_) => Err(ApiError::Invalid(vec![FieldError::new(
-                "events",
-                "must be an array of events",
-            )])),
-            None => Err(ApiError::Invalid(vec![FieldError::new(
-                "events",
-                "is required: send {\"events\": [...]}, or a JSON array as application/cloudevents-batch+json",
-            )])),
-        },
-        _ => Err(ApiError::Invalid(vec![FieldError::new(
-            "",
-            "the body must be {\"events\": [...]}",
-        )])),
-    }
 }
 
 fn refuse_when_draining(state: &AppState) -> Result<(), ApiError> {
@@ -317,12 +278,27 @@ async fn enqueue(
             },
             Refused::Closed => ApiError::NotReady("shutting down; retry on another replica".into()),
         })?;
-    for ack in acks {
-        // The publisher keeps every queued event until Kafka has it; the sender only goes
-        // away without an answer if the process is being torn down.
-        ack.await.map_err(|_| {
-            ApiError::NotReady("shut down before Kafka acknowledged the event".into())
-        })?;
+    if !acks.is_empty() {
+        let wait = Duration::from_secs(state.config.ingest.ack_timeout_seconds);
+        let all = async {
+            for ack in acks {
+                // The publisher keeps every queued event until Kafka has it; the sender only
+                // goes away without an answer if the process is being torn down.
+                ack.await.map_err(|_| {
+                    ApiError::NotReady("shut down before Kafka acknowledged the event".into())
+                })?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(wait, all).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ApiError::AckTimeout {
+                    waited_seconds: wait.as_secs(),
+                    retry_after_seconds: state.config.ingest.retry_after_seconds,
+                });
+            }
+        }
     }
     state.metrics.events_accepted.inc_by(n);
     for w in warnings {
@@ -333,25 +309,6 @@ async fn enqueue(
             .inc();
     }
     Ok(())
-}
-
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = state.config.ingest.max_body_bytes;
-    let too_large = || {
-        ApiError::TooLarge(format!(
-            "the request body exceeds {limit} bytes (ingest.max_body_bytes)"
-        ))
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())
 }
 
 /// The lowercase media type without parameters; empty when absent.

@@ -74,10 +74,11 @@ pub async fn config(State(state): Shared) -> Response {
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(state): Shared) -> Response {
     state.metrics.queue_depth.set(state.queue.depth() as i64);
-    state
-        .metrics
-        .queue_capacity
-        .set(state.queue.capacity() as i64);
+    let m = &state.metrics;
+    m.queue_capacity.set(state.queue.capacity() as i64);
+    m.queue_bytes.set(state.queue.bytes() as i64);
+    m.queue_max_bytes.set(state.queue.max_bytes() as i64);
+    m.inflight_body_bytes.set(state.bodies.in_use() as i64);
     (
         [(
             header::CONTENT_TYPE,

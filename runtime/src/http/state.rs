@@ -7,6 +7,7 @@ use axum::extract::State;
 use crate::config::Config;
 use crate::event::Limits;
 use crate::health::{Enabled, Health};
+use crate::ingest::bodies::BodyBudget;
 use crate::ingest::queue::IngestQueue;
 use crate::metrics::Metrics;
 
@@ -14,11 +15,32 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub config: Arc<Config>,
     pub queue: Arc<IngestQueue>,
+    pub bodies: BodyBudget,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }
 
 impl AppState {
+    /// The state for `config`, with a budget of request bodies sized by it.
+    pub fn new(
+        config: Arc<Config>,
+        queue: Arc<IngestQueue>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> AppState {
+        let bodies = BodyBudget::new(
+            config.ingest.max_inflight_body_bytes,
+            config.ingest.event_body_limit(),
+        );
+        AppState {
+            config,
+            queue,
+            bodies,
+            metrics,
+            health,
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_event_bytes: self.config.ingest.max_event_bytes,

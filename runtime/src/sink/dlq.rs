@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -22,6 +23,9 @@ pub const FIRST_SEEN: &str = "audit-dlq-first-seen";
 /// How the reason of a row PostgreSQL refused begins; the database's message follows.
 pub const REFUSED_BY_DATABASE: &str = "refused by PostgreSQL: ";
 
+/// The metric label of a record that could not be written to the DLQ at all.
+pub const UNWRITABLE: &str = "unwritable";
+
 /// A metric label for a DLQ reason.
 pub fn kind(reason: &str) -> &'static str {
     if reason.starts_with("not JSON") {
@@ -37,24 +41,66 @@ pub fn kind(reason: &str) -> &'static str {
     }
 }
 
-/// Publishes `message` to the DLQ with its headers; retries until Kafka has it (its offset
-/// is committed only after that).
+/// The longest reason written to the DLQ; a longer one is cut there (a crafted record can have
+/// thousands of problems, and a header the broker refuses would stall the sink).
+pub const MAX_REASON_BYTES: usize = 2048;
+/// The longest `audit-normalized` header copied from the record; a longer one is not copied.
+pub const MAX_COPIED_HEADER_BYTES: usize = 1024;
+
+/// `text`, cut at `max` bytes (on a character boundary) with a note saying so.
+fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let cut = (0..=max)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{} … (cut: {} bytes in all)", &text[..cut], text.len()).into()
+}
+
+/// Whether Kafka will refuse this record however often it is sent.
+fn is_permanent(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::MessageBatchTooLarge
+                | C::BadMessage
+                | C::InvalidArgument
+        )
+    )
+}
+
+/// Publishes `message` to the DLQ with its headers (of bounded size); retries until Kafka
+/// has it (its offset is committed only after that). A record Kafka refuses for what it is
+/// (too large for the DLQ topic, say) is not retried: the error is returned, for the caller to
+/// report with the record's partition and offset, where it stays until the main topic's
+/// retention.
 pub async fn send(
     producer: &FutureProducer,
     dlq_topic: &str,
     message: &OwnedMessage,
     reason: &str,
     now: DateTime<Utc>,
-) {
+) -> Result<(), KafkaError> {
     let partition = message.partition().to_string();
     let offset = message.offset().to_string();
     let seen = now.to_rfc3339();
+    let reason = bounded(reason, MAX_REASON_BYTES);
+    // What the ingest normalized stays with the event, through a replay too.
+    let normalized = headers::text(message.headers(), normalize::HEADER)
+        .filter(|v| v.len() <= MAX_COPIED_HEADER_BYTES);
     let mut backoff = Duration::from_millis(100);
     loop {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: REASON,
-                value: Some(reason),
+                value: Some(&*reason),
             })
             .insert(Header {
                 key: TOPIC,
@@ -72,8 +118,6 @@ pub async fn send(
                 key: FIRST_SEEN,
                 value: Some(&seen),
             });
-        // What the ingest normalized stays with the event, through a replay too.
-        let normalized = headers::text(message.headers(), normalize::HEADER);
         let headers = match normalized {
             Some(value) => headers.insert(Header {
                 key: normalize::HEADER,
@@ -89,7 +133,8 @@ pub async fn send(
             record = record.payload(payload);
         }
         match producer.send(record, rdkafka::util::Timeout::Never).await {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
+            Err((e, _)) if is_permanent(&e) => return Err(e),
             Err((e, _)) => {
                 tracing::warn!(error = %e, topic = dlq_topic, "cannot write to the DLQ; retrying");
                 tokio::time::sleep(backoff).await;
@@ -108,10 +153,7 @@ pub struct Replayed {
 /// Re-publishes every DLQ record not yet replayed (tracked by the consumer group
 /// `<consumer_group>-dlq-replay`) to the main topic with its original key, then commits.
 /// Replaying twice sends nothing new; rows stay single either way (ON CONFLICT DO NOTHING).
-pub async fn replay(
-    config: &Config,
-    producer: &FutureProducer,
-) -> Result<Replayed, rdkafka::error::KafkaError> {
+pub async fn replay(config: &Config, producer: &FutureProducer) -> Result<Replayed, KafkaError> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.bootstrap_servers)
         .set(
@@ -199,4 +241,32 @@ pub async fn replay(
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_are_cut_on_a_character_boundary_and_say_so() {
+        assert_eq!(bounded("short", 10), "short");
+        let long = "é".repeat(2000);
+        let cut = bounded(&long, MAX_REASON_BYTES);
+        assert!(cut.len() < MAX_REASON_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with("(cut: 4000 bytes in all)"), "{cut}");
+    }
+
+    #[test]
+    fn only_what_kafka_refuses_for_good_is_permanent() {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        assert!(is_permanent(&KafkaError::MessageProduction(
+            C::MessageSizeTooLarge
+        )));
+        assert!(!is_permanent(&KafkaError::MessageProduction(
+            C::BrokerTransportFailure
+        )));
+        assert!(!is_permanent(&KafkaError::MessageProduction(
+            C::NotLeaderForPartition
+        )));
+    }
 }

@@ -303,11 +303,21 @@ impl Sink {
             reason,
             "record to the DLQ"
         );
-        dlq::send(&self.dlq, &self.config.kafka.dlq_topic, m, reason, now).await;
-        self.metrics
-            .dlq_records
-            .with_label_values(&[dlq::kind(reason)])
-            .inc();
+        let kind = match dlq::send(&self.dlq, &self.config.kafka.dlq_topic, m, reason, now).await {
+            Ok(()) => dlq::kind(reason),
+            Err(e) => {
+                tracing::error!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    error = %e,
+                    reason,
+                    "Kafka refuses this record on the DLQ for good; it is skipped, and stays in its topic at this offset until retention"
+                );
+                dlq::UNWRITABLE
+            }
+        };
+        self.metrics.dlq_records.with_label_values(&[kind]).inc();
     }
 
     /// Runs `step` until it succeeds, pausing fetching and backing off while it fails; None
