@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use audit_manager::config::Config;
 use audit_manager::health::Health;
@@ -558,4 +559,160 @@ async fn an_event_without_time_is_stamped_with_the_receipt_time() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(warned(&body), ["null_dropped", "time_defaulted"]);
+}
+
+/// A chunked body of `chunks` × `chunk` bytes, generated as it is read, and how much of it was.
+fn counted_stream(chunk: Vec<u8>, chunks: usize) -> (Body, Arc<AtomicUsize>) {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&pulled);
+    let body = Body::from_stream(futures::stream::iter((0..chunks).map(move |_| {
+        seen.fetch_add(chunk.len(), Ordering::SeqCst);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(chunk.clone()))
+    })));
+    (body, pulled)
+}
+
+/// An event whose `data.actor.roles` holds `n` numbers, as sent by the attack in issue 16.
+fn roles_of_numbers(n: usize) -> String {
+    let numbers: Vec<usize> = (0..n).collect();
+    with(login(), "data.actor.roles", Some(json!(numbers))).to_string()
+}
+
+#[tokio::test]
+async fn hostile_bodies_are_refused_before_they_are_read_or_parsed() {
+    let app = app(&[]);
+    // 16 MB, chunked: refused once past a single event's limit, not after all of it.
+    let (body, pulled) = counted_stream(vec![b'1'; 64 * 1024], 256);
+    let (status, answer) = call(&app, post("/events", "application/json", body)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert!(
+        errors(&answer)[0].1.contains("81920 bytes"),
+        "the limit is named: {answer}"
+    );
+    let read = pulled.load(Ordering::SeqCst);
+    assert!(read <= 81_920 + 64 * 1024, "read {read} bytes of 16 MB");
+
+    // The same, declared: refused before a byte of the body is read.
+    let (body, pulled) = counted_stream(vec![b'1'; 64 * 1024], 256);
+    let request = Request::post("/v1/auditmanager/events")
+        .header("content-type", "application/json")
+        .header("content-length", (16 << 20).to_string())
+        .body(body)
+        .expect("request");
+    let (status, answer) = call(&app, request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(pulled.load(Ordering::SeqCst), 0);
+
+    // In a batch, each event is measured before any tree is built from it.
+    let batch = format!(
+        "{{\"events\": [{}, {}]}}",
+        login(),
+        roles_of_numbers(2_000_000)
+    );
+    assert!(batch.len() > 14_000_000);
+    let (status, answer) = call(&app, post("/events/batch", "application/json", batch)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert!(
+        errors(&answer)[0].1.starts_with("events[1] is "),
+        "the event is named: {answer}"
+    );
+
+    // Deep nesting is refused by the parser's depth limit, as malformed JSON.
+    let deep = format!(
+        "{{\"events\": [{}{}]}}",
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let (status, answer) = call(&app, post("/events/batch", "application/json", deep)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(errors(&answer)[0].0, "AUD-001", "{answer}");
+    assert!(errors(&answer)[0].1.contains("recursion limit"), "{answer}");
+}
+
+#[tokio::test]
+async fn thousands_of_errors_are_listed_as_twenty_and_a_count() {
+    let app = app(&[]);
+    // Each event: a wrong outcome and a roles array of 5,000 numbers (one error each).
+    let bad = with(
+        serde_json::from_str(&roles_of_numbers(5_000)).expect("json"),
+        "data.outcome",
+        Some(json!("maybe")),
+    );
+    let events: Vec<Value> = (0..500).map(|_| bad.clone()).collect();
+    let (status, answer) = call(
+        &app,
+        post(
+            "/events/batch",
+            "application/json",
+            json!({ "events": events }).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let listed = errors(&answer);
+    assert_eq!(listed.len(), 21, "{answer}");
+    assert!(
+        listed[0].1.contains("and 4999 more roles"),
+        "{:?}",
+        listed[0]
+    );
+    assert_eq!(
+        listed[20].1, "and 980 more errors not listed (the first 20 are)",
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn bodies_share_a_budget_and_slow_ones_time_out() {
+    let app = app(&[
+        ("AUDIT_MANAGER__INGEST__MAX_INFLIGHT_BODY_BYTES", "200000"),
+        ("AUDIT_MANAGER__INGEST__MAX_BODY_BYTES", "250000"),
+        ("AUDIT_MANAGER__SERVER__BODY_READ_TIMEOUT_SECONDS", "1"),
+    ]);
+    // A client that sends 180 kB and then stalls holds its part of the budget ...
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tx.try_send(Ok(bytes::Bytes::from(vec![b' '; 180_000])))
+        .expect("room");
+    let stalled = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let answer = call(
+                &app,
+                post("/events/batch", "application/json", Body::from_stream(rx)),
+            )
+            .await;
+            (answer, started.elapsed())
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // ... so another large body is refused at once, with Retry-After ...
+    let request = post("/events/batch", "application/json", vec![b' '; 240_000]);
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    // ... while a single event is never refused for the budget.
+    let (status, answer) = call(
+        &app,
+        post("/events", "application/json", login().to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+
+    // The stalled client gets 408 after the body deadline, and its budget is back.
+    let ((status, answer), took) = stalled.await.expect("task");
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{answer}");
+    assert_eq!(errors(&answer)[0].0, "AUD-010", "{answer}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    drop(tx);
+    let (status, answer) = call(
+        &app,
+        post("/events/batch", "application/json", vec![b' '; 240_000]),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "read, then found empty: {answer}"
+    );
 }

@@ -162,14 +162,8 @@ async fn accept_batch(
     let read = body::read(state, headers, body, limit).await?;
     let bytes = &read.bytes;
     let (items, prefix) = match &*media {
-        "application/json" => match serde_json::from_slice::<shape::Wrapped>(bytes) {
-            Ok(body) => (body.events, "events"),
-            Err(e) => return Err(shape::wrapped(bytes, e)),
-        },
-        "application/cloudevents-batch+json" => match serde_json::from_slice(bytes) {
-            Ok(events) => (events, ""),
-            Err(e) => return Err(shape::array(bytes, e)),
-        },
+        "application/json" => (shape::read_wrapped(bytes)?, "events"),
+        "application/cloudevents-batch+json" => (shape::read_array(bytes)?, ""),
         other => return Err(unsupported(other)),
     };
     let max = state.config.ingest.max_batch_size;

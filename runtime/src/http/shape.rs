@@ -11,13 +11,32 @@ use crate::event::FieldError;
 
 /// `{"events": [...]}` with each event's bytes borrowed from the body.
 #[derive(serde::Deserialize)]
-pub struct Wrapped<'a> {
+struct Wrapped<'a> {
     #[serde(borrow)]
-    pub events: Vec<&'a RawValue>,
+    events: Vec<&'a RawValue>,
+}
+
+/// The events of a `{"events": [...]}` body, each one's bytes borrowed from it.
+pub fn read_wrapped(bytes: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+    // serde reads a struct from an array too (`[[...]]`); only an object is this shape.
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    match serde_json::from_slice::<Wrapped>(bytes) {
+        Ok(body) if object => Ok(body.events),
+        Ok(_) => Err(ApiError::invalid(vec![FieldError::new(
+            "",
+            "the body must be {\"events\": [...]}",
+        )])),
+        Err(e) => Err(wrapped(bytes, e)),
+    }
+}
+
+/// The events of an `application/cloudevents-batch+json` body (a JSON array).
+pub fn read_array(bytes: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| array(bytes, e))
 }
 
 /// A `{"events": [...]}` body that did not read as one; `e` is why.
-pub fn wrapped(bytes: &[u8], e: serde_json::Error) -> ApiError {
+fn wrapped(bytes: &[u8], e: serde_json::Error) -> ApiError {
     if !e.is_data() {
         return ApiError::MalformedJson(e.to_string());
     }
@@ -46,7 +65,7 @@ pub fn wrapped(bytes: &[u8], e: serde_json::Error) -> ApiError {
 }
 
 /// An `application/cloudevents-batch+json` body that did not read as an array.
-pub fn array(bytes: &[u8], e: serde_json::Error) -> ApiError {
+fn array(bytes: &[u8], e: serde_json::Error) -> ApiError {
     if !e.is_data() {
         return ApiError::MalformedJson(e.to_string());
     }
@@ -123,24 +142,24 @@ mod tests {
     use super::*;
 
     fn why(body: &str) -> String {
-        let Err(e) = serde_json::from_str::<Wrapped>(body) else {
+        let Err(e) = read_wrapped(body.as_bytes()) else {
             panic!("{body} is the batch shape");
         };
-        wrapped(body.as_bytes(), e).items()[0].message.clone()
+        e.items()[0].message.clone()
     }
 
     #[test]
     fn every_wrong_shape_is_named() {
         assert!(why("{\"events\": [1,").contains("EOF"));
         assert!(why("[1, 2]").contains("must be {\"events\""));
+        assert!(
+            why("[[{}]]").contains("must be {\"events\""),
+            "not a struct as a tuple"
+        );
         assert!(why("{\"other\": 1}").contains("events: is required"));
         assert!(why("{\"events\": {}}").contains("must be an array"));
         assert!(why("{\"events\": [], \"events\": []}").contains("duplicate field"));
-        let e = serde_json::from_slice::<Vec<&RawValue>>(b"{\"a\":1}").expect_err("an object");
-        assert!(
-            array(b"{\"a\":1}", e).items()[0]
-                .message
-                .contains("must be a JSON array")
-        );
+        let e = read_array(b"{\"a\":1}").expect_err("an object");
+        assert!(e.items()[0].message.contains("must be a JSON array"));
     }
 }
