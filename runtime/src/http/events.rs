@@ -148,25 +148,95 @@ fn outgoing(mut event: ValidEvent) -> (Outgoing, Vec<Warning>) {
     (queued, warnings)
 }
 
+/// Batch bodies larger than this are checked one at a time, on a blocking thread: a client
+/// sending large bodies as fast as it can gets at most one core, and the async workers stay
+/// free for everyone else's requests (`make bench`, hostile mix).
+pub const HEAVY_BODY_BYTES: usize = 1 << 20;
+
+/// What a batch is checked against, owned so that the work can move to another thread.
+#[derive(Clone, Copy)]
+struct BatchRules {
+    limits: Limits,
+    max_batch_size: usize,
+    /// The largest event, in its bytes as sent.
+    raw_limit: usize,
+    /// `application/cloudevents-batch+json` (a JSON array) rather than `{"events": [...]}`.
+    array: bool,
+}
+
+/// A batch ready to queue: its events and what was normalized in them.
+struct Prepared {
+    events: Vec<Outgoing>,
+    warnings: Vec<Warning>,
+}
+
 async fn accept_batch(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     refuse_when_draining(state)?;
-    let media = media_type(headers);
+    let array = match &*media_type(headers) {
+        "application/json" => false,
+        "application/cloudevents-batch+json" => true,
+        other => return Err(unsupported(other)),
+    };
     let limit = body::Limit {
         bytes: state.config.ingest.batch_body_limit(),
         key: "ingest.max_body_bytes, by default ingest.max_batch_size × ingest.max_event_bytes",
     };
-    let read = body::read(state, headers, body, limit).await?;
-    let bytes = &read.bytes;
-    let (items, prefix) = match &*media {
-        "application/json" => (shape::read_wrapped(bytes)?, "events"),
-        "application/cloudevents-batch+json" => (shape::read_array(bytes)?, ""),
-        other => return Err(unsupported(other)),
+    let mut read = body::read(state, headers, body, limit).await?;
+    let rules = BatchRules {
+        limits: state.limits(),
+        max_batch_size: state.config.ingest.max_batch_size,
+        raw_limit: state.config.ingest.event_body_limit(),
+        array,
     };
-    let max = state.config.ingest.max_batch_size;
+    let now = chrono::Utc::now();
+    let Prepared { events, warnings } = if read.bytes.len() > HEAVY_BODY_BYTES {
+        let wait = Duration::from_secs(state.config.server.body_read_timeout_seconds);
+        let _turn = tokio::time::timeout(wait, state.heavy.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| ApiError::Overloaded {
+                message: format!(
+                    "batch bodies over {HEAVY_BODY_BYTES} bytes are checked one at a time, and this one waited {} s for its turn; nothing of it was accepted",
+                    wait.as_secs()
+                ),
+                retry_after_seconds: state.config.ingest.retry_after_seconds,
+            })?;
+        let bytes = std::mem::take(&mut read.bytes);
+        tokio::task::spawn_blocking(move || prepare_batch(&bytes, rules, now))
+            .await
+            .map_err(|e| ApiError::NotReady(format!("checking the batch failed: {e}; retry")))??
+    } else {
+        prepare_batch(&read.bytes, rules, now)?
+    };
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    enqueue(state, events, &warnings).await?;
+    Ok(envelope::ok(
+        StatusCode::ACCEPTED,
+        envelope::BatchAccepted {
+            count: ids.len(),
+            accepted: &ids,
+            warnings: &warnings,
+        },
+    ))
+}
+
+/// A batch body → its events, whole or not at all.
+fn prepare_batch(
+    bytes: &[u8],
+    rules: BatchRules,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Prepared, ApiError> {
+    let (items, prefix) = if rules.array {
+        (shape::read_array(bytes)?, "")
+    } else {
+        (shape::read_wrapped(bytes)?, "events")
+    };
+    let max = rules.max_batch_size;
     if items.len() > max {
         return Err(ApiError::BatchTooLarge(format!(
             "the batch holds {} events; the limit is {max} (ingest.max_batch_size)",
@@ -179,14 +249,12 @@ async fn accept_batch(
             "must contain at least one event",
         )]));
     }
-    let limits = state.limits();
-    let now = chrono::Utc::now();
+    let limits = &rules.limits;
     // An event's own bytes are measured before any tree is built from them.
-    let raw_limit = state.config.ingest.event_body_limit();
     if let Some((i, raw)) = items
         .iter()
         .enumerate()
-        .find(|(_, raw)| raw.get().len() > raw_limit)
+        .find(|(_, raw)| raw.get().len() > rules.raw_limit)
     {
         return Err(ApiError::TooLarge(format!(
             "{prefix}[{i}] is {} bytes; the limit per event is {} bytes (ingest.max_event_bytes)",
@@ -200,14 +268,14 @@ async fn accept_batch(
     let mut omitted = 0;
     let mut warnings = Vec::new();
     for (i, raw) in items.into_iter().enumerate() {
-        if let Some(ready) = as_sent(raw.get(), &limits, now) {
+        if let Some(ready) = as_sent(raw.get(), limits, now) {
             events.push(ready);
             continue;
         }
         let at = format!("{prefix}[{i}]");
         let value = serde_json::from_str(raw.get())
             .map_err(|e| ApiError::MalformedJson(format!("{at}: {e}")))?;
-        match event::validate(value, &limits, now) {
+        match event::validate(value, limits, now) {
             Ok(e) => {
                 let (queued, normalized) = outgoing(e);
                 events.push(queued);
@@ -228,16 +296,7 @@ async fn accept_batch(
     if !errors.is_empty() {
         return Err(ApiError::Invalid { errors, omitted });
     }
-    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    enqueue(state, events, &warnings).await?;
-    Ok(envelope::ok(
-        StatusCode::ACCEPTED,
-        envelope::BatchAccepted {
-            count: ids.len(),
-            accepted: &ids,
-            warnings: &warnings,
-        },
-    ))
+    Ok(Prepared { events, warnings })
 }
 
 fn refuse_when_draining(state: &AppState) -> Result<(), ApiError> {

@@ -16,6 +16,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub queue: Arc<IngestQueue>,
     pub bodies: BodyBudget,
+    /// One turn at a time for checking large batch bodies (see `events::HEAVY_BODY_BYTES`).
+    pub heavy: tokio::sync::Semaphore,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }
@@ -36,6 +38,7 @@ impl AppState {
             config,
             queue,
             bodies,
+            heavy: tokio::sync::Semaphore::new(1),
             metrics,
             health,
         }

@@ -12,6 +12,7 @@
 //! `tests/env/versions.env`.
 
 mod build;
+pub mod hostile;
 pub mod http;
 mod kafka;
 mod kube;

@@ -6,7 +6,9 @@
 //! - saturation, batches: accepted events/s through `/events/batch`;
 //! - fixed rate (open loop, latency from the scheduled send time, so a stall is not hidden);
 //! - memory: idle RSS, and RSS per queued event with the broker stopped;
-//! - how long a full queue takes to drain once the broker is back.
+//! - how long a full queue takes to drain once the broker is back;
+//! - a hostile mix (16 MB bodies, deep nesting, thousands of errors, slow clients) beside
+//!   normal traffic, on a fresh process: normal p99 and 5xx, and the peak RSS.
 //!
 //! Usage: bench-ingest [--seconds N] [--rate EVENTS_PER_S] [--connections N] [--batch N]
 //!        [--queue N] [--warmup SECONDS]
@@ -15,6 +17,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use audit_testenv::hostile;
 use audit_testenv::http::HttpClient;
 use audit_testenv::loadgen::{event, metric, run_phase, with_overrides};
 use audit_testenv::topics::create_topic;
@@ -137,6 +140,42 @@ async fn memory_and_drain(kafka: &Kafka, runtime: &AuditManager, queue: usize) {
     );
 }
 
+/// The hostile section, on a fresh process so its peak memory is its own.
+async fn hostile_mix(binary: &std::path::Path, env: &[(String, String)], o: &Options) {
+    const RATE: u64 = 5_000;
+    let runtime = match AuditManager::start(binary, &["serve"], env) {
+        Ok(r) => r,
+        Err(e) => return eprintln!("bench-ingest: {e}"),
+    };
+    let address = runtime.address();
+    run_phase(
+        "warm-up (not counted)",
+        &address,
+        16,
+        o.warmup,
+        Some(RATE),
+        None,
+    )
+    .await;
+    let idle = runtime.peak_rss_bytes().unwrap_or(0);
+    println!(
+        "hostile mix, {} s: normal single events at {RATE}/s beside:",
+        o.seconds
+    );
+    let started = Instant::now();
+    let normal = hostile::mix(&address, RATE, 16, o.seconds).await;
+    let elapsed = started.elapsed();
+    let peak = runtime.peak_rss_bytes().unwrap_or(0);
+    let fivexx = normal.refused;
+    let other = normal.errors;
+    normal.report(&format!("  normal single, {RATE}/s"), elapsed, 1);
+    println!(
+        "  peak RSS {:.1} MB (before the mix {:.1} MB); normal traffic: {fivexx} answered 5xx, {other} other failures",
+        peak as f64 / 1e6,
+        idle as f64 / 1e6
+    );
+}
+
 fn main() -> std::process::ExitCode {
     let o = match options() {
         Ok(o) => o,
@@ -177,6 +216,8 @@ fn main() -> std::process::ExitCode {
             ("AUDIT_MANAGER__COMPONENTS__CONSUMER", "false".to_string()),
             ("AUDIT_MANAGER__COMPONENTS__MAINTENANCE", "false".to_string()),
             ("AUDIT_MANAGER__INGEST__QUEUE_MAX_SIZE", o.queue.to_string()),
+            // The memory phase fills the queue in events; bytes must not bound it first.
+            ("AUDIT_MANAGER__INGEST__QUEUE_MAX_BYTES", (o.queue * 2048).to_string()),
             ("AUDIT_MANAGER__LOG__LEVEL", "warn".to_string()),
         ]);
         let runtime = match AuditManager::start(&binary, &["serve"], &env) {
@@ -198,6 +239,8 @@ fn main() -> std::process::ExitCode {
         run_phase(&format!("batch of {}, saturation", o.batch), &address, 8, o.seconds, None, Some(o.batch)).await;
         run_phase(&format!("single, fixed {} /s", o.rate), &address, o.connections, o.seconds, Some(o.rate), None).await;
         println!("peak RSS after the runs: {:.1} MB", runtime.rss_bytes().unwrap_or(0) as f64 / 1e6);
+        drop(runtime);
+        hostile_mix(&binary, &env, &o).await;
     });
     std::process::ExitCode::SUCCESS
 }
