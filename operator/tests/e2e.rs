@@ -165,6 +165,148 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+
+    pod_deleted_while_events_are_posted(&f, &pods, &pool).await;
     operator.abort();
     drop(node);
+}
+
+/// Issue 16, finding 3: a runtime pod deleted while events are posted drains (it sees SIGTERM),
+/// is gone in seconds, and every event answered 202 becomes a row soon after.
+async fn pod_deleted_while_events_are_posted(
+    f: &Fixture,
+    pods: &kube::Api<Pod>,
+    pool: &sqlx::PgPool,
+) {
+    let selector = format!("app.kubernetes.io/instance={}", f.name);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("pods");
+    let running: Vec<(String, String)> = list
+        .items
+        .iter()
+        .filter_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.clone()?;
+            Some((p.metadata.name.clone()?, ip))
+        })
+        .collect();
+    assert_eq!(running.len(), 2, "{running:?}");
+    let addresses: Vec<String> = running.iter().map(|(_, ip)| format!("{ip}:8000")).collect();
+
+    // Like a Service: each event goes to one pod, and to the other when that one refuses or
+    // is gone. What counts is every event answered 202.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poster = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            let mut accepted: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();
+            let mut clients: Vec<Option<audit_testenv::http::HttpClient>> =
+                addresses.iter().map(|_| None).collect();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let id = format!("restart-{n}");
+                n += 1;
+                for attempt in 0..addresses.len() {
+                    let which = (n as usize + attempt) % addresses.len();
+                    if clients[which].is_none() {
+                        clients[which] =
+                            audit_testenv::http::HttpClient::connect(&addresses[which])
+                                .await
+                                .ok();
+                    }
+                    let Some(client) = clients[which].as_mut() else {
+                        continue;
+                    };
+                    let sent = chrono::Utc::now();
+                    let event = json!({"specversion": "1.0", "id": id, "source": "/e2e-restart",
+                        "type": "t", "time": sent.to_rfc3339(),
+                        "data": {"actor": {"id": "u1"}, "action": "a", "outcome": "success"}});
+                    match client
+                        .post(
+                            "/v1/auditmanager/events",
+                            "application/json",
+                            event.to_string(),
+                        )
+                        .await
+                    {
+                        Ok(a) if a.status == 202 => {
+                            accepted.push((id.clone(), sent));
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => clients[which] = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            accepted
+        }
+    });
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (victim, _) = &running[1];
+    let deleted = Instant::now();
+    pods.delete(victim, &kube::api::DeleteParams::default())
+        .await
+        .expect("delete a runtime pod");
+    let gone = loop {
+        match pods.get_opt(victim).await.expect("get pod") {
+            None => break deleted.elapsed(),
+            Some(_) => {
+                assert!(
+                    deleted.elapsed() < Duration::from_secs(30),
+                    "pod {victim} still exists 30 s after its deletion"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Keep posting through the replacement's start.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let accepted = poster.await.expect("poster");
+    assert!(
+        accepted.len() > 200,
+        "posting really ran: {}",
+        accepted.len()
+    );
+
+    let ids: Vec<String> = accepted.iter().map(|(id, _)| id.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = loop {
+        let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT id, ingested_at FROM audit_events WHERE source = '/e2e-restart' AND id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(pool)
+        .await
+        .expect("rows");
+        if rows.len() >= ids.len() || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let stored: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> =
+        rows.into_iter().collect();
+    let missing: Vec<&String> = ids.iter().filter(|id| !stored.contains_key(*id)).collect();
+    let worst = accepted
+        .iter()
+        .filter_map(|(id, sent)| Some(*stored.get(id)? - *sent))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "pod deleted while posting: gone after {} ms; {} events answered 202, {} missing; longest time to visible {} ms",
+        gone.as_millis(),
+        accepted.len(),
+        missing.len(),
+        worst.num_milliseconds()
+    );
+    assert!(missing.is_empty(), "202'd but never stored: {missing:?}");
+    assert!(gone < Duration::from_secs(10), "pod gone after {gone:?}");
+    assert!(
+        worst < chrono::Duration::seconds(5),
+        "longest time to visible across the restart: {} ms",
+        worst.num_milliseconds()
+    );
 }
