@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use audit_testenv::http::HttpClient;
-use audit_testenv::topics::{create_topic, read_topic};
+use audit_testenv::topics::{create_topic, create_topic_with, read_topic};
 use audit_testenv::{AuditManager, Kafka, Postgres};
 use chrono::{DateTime, Utc};
 use common::{Database, generated, post_batch, samples, unique, wait_count};
@@ -941,4 +941,88 @@ async fn the_writer_appends_and_the_reader_only_reads() {
         .await
         .expect("the reader selects");
     assert_eq!(n, 1, "the row is untouched");
+}
+
+/// Issue 16: a record written straight to Kafka (not through the ingest, which bounds events)
+/// must not stall the sink. One has 10,000 NUL strings, so ten thousand problems: its DLQ
+/// reason is cut at 2 KiB instead of becoming a header the broker refuses. One is larger than
+/// the DLQ topic accepts: it is reported and skipped, not retried forever. The records after
+/// them are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_records_cannot_stall_the_sink() {
+    let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
+    let s = Setup {
+        db: Database::create(pg),
+        topic: unique("events"),
+        dlq: unique("dlq"),
+        group: unique("group"),
+    };
+    create_topic(&kafka.bootstrap(), &s.topic, 1).await;
+    create_topic_with(
+        &kafka.bootstrap(),
+        &s.dlq,
+        1,
+        &[("max.message.bytes", "200000")],
+    )
+    .await;
+    let (runtime, mut client) = s.serve(kafka).await;
+
+    let good = |n: usize| serde_json::to_vec(&generated(n, "after")).expect("json");
+    let mut many = generated(1, "many-problems");
+    many["data"]["changes"] = json!(vec!["\u{0}"; 10_000]);
+    let many = serde_json::to_vec(&many).expect("json");
+    assert!(many.len() < 200_000, "the record itself fits the DLQ");
+    let mut huge = generated(2, "too-large-for-the-dlq");
+    // Random text, so that compression cannot bring it under the DLQ topic's limit.
+    let random: Vec<String> = (0..12_000)
+        .map(|_| format!("{}\u{0}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    huge["data"]["changes"] = json!(random);
+    let huge = serde_json::to_vec(&huge).expect("json");
+    assert!(huge.len() > 400_000);
+    produce(
+        kafka,
+        &s.topic,
+        &[
+            (Some("k"), many),
+            (Some("k"), huge),
+            (Some("k"), good(1)),
+            (Some("k"), good(2)),
+        ],
+    )
+    .await;
+
+    let reader = s.db.connect("reader").await;
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events",
+            2,
+            Duration::from_secs(60)
+        )
+        .await,
+        2,
+        "the records after the crafted ones are stored: {}",
+        runtime.log_tail(20)
+    );
+    let dlq = read_topic(&kafka.bootstrap(), &s.dlq, 1, Duration::from_secs(30));
+    assert_eq!(dlq.len(), 1, "only the record that fits is on the DLQ");
+    let reason = &dlq[0].headers["audit-dlq-reason"];
+    assert!(reason.len() < 2200, "reason of {} bytes", reason.len());
+    assert!(reason.contains("(cut: "), "{reason}");
+    let metrics = client
+        .get("/v1/auditmanager/metrics")
+        .await
+        .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metrics.contains("audit_dlq_records_total{reason=\"unwritable\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        runtime
+            .log()
+            .contains("Kafka refuses this record on the DLQ for good"),
+        "the skip is logged with where the record is"
+    );
 }

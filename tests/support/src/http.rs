@@ -1,5 +1,7 @@
 //! A small keep-alive HTTP/1.1 client for tests and the benchmark: one connection, requests in
-//! sequence, no pooling, no redirects; just what talking to the runtime needs.
+//! sequence, no pooling, no redirects; just what talking to the runtime needs. Like any
+//! keep-alive client it opens a new connection when the server has closed an idle one
+//! (the runtime does after `server.request_head_timeout_seconds`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -43,21 +45,9 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub async fn connect(address: &str) -> Result<HttpClient, HttpError> {
-        let stream = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|source| HttpError::Connect {
-                address: address.to_string(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         Ok(HttpClient {
             address: address.to_string(),
-            sender,
+            sender: open(address).await?,
         })
     }
 
@@ -77,7 +67,10 @@ impl HttpClient {
             request = request.header(*name, *value);
         }
         let request = request.body(Full::new(body.into()))?;
-        self.sender.ready().await?;
+        if self.sender.is_closed() || self.sender.ready().await.is_err() {
+            self.sender = open(&self.address).await?;
+            self.sender.ready().await?;
+        }
         let response = self.sender.send_request(request).await?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await?.to_bytes();
@@ -102,4 +95,20 @@ impl HttpClient {
     pub async fn get(&mut self, path: &str) -> Result<Answer, HttpError> {
         self.send("GET", path, &[], Bytes::new()).await
     }
+}
+
+/// A new connection to `address`.
+async fn open(address: &str) -> Result<SendRequest<Full<Bytes>>, HttpError> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|source| HttpError::Connect {
+            address: address.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }

@@ -152,12 +152,23 @@ async fn wait_rows(
 ) -> Option<Instant> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
+        // The counter is cheap to poll; the table has the last word. Rows written again after
+        // a phase emptied the table (a batch re-read after a rebalance) count in the metric
+        // but not under this run's ids, so a short count means: keep waiting.
         if metric(client, "audit_sink_rows_written_total").await >= before + want as f64 {
             let done = Instant::now();
-            return (count(conn, run).await >= want).then_some(done);
+            if count(conn, run).await >= want {
+                return Some(done);
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!(
+        "bench-sink: {run}: {} of {want} rows after {} s (rows written since the phase began: {})",
+        count(conn, run).await,
+        limit.as_secs(),
+        metric(client, "audit_sink_rows_written_total").await - before
+    );
     None
 }
 
