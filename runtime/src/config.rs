@@ -220,7 +220,13 @@ impl Default for ProducerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerConfig {
+    /// Rows per statement while the sink keeps up: a batch is cut at this size as soon as a
+    /// writer is free (the low-water mark, for latency).
     pub batch_max_records: usize,
+    /// Rows per statement while the sink is behind: a batch keeps filling while every writer
+    /// is busy, up to this size, so statements grow with the backlog (a 500-row statement
+    /// costs PostgreSQL about 12% more per row than a 2,000-row one, `make bench`).
+    pub batch_max_records_behind: usize,
     pub flush_interval_ms: u64,
     /// Batches written to PostgreSQL at once (each on its own pooled connection) while the
     /// next one fills. More writers than the database has cores to give them make each row
@@ -236,6 +242,7 @@ impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
             batch_max_records: 500,
+            batch_max_records_behind: 4000,
             flush_interval_ms: 1000,
             max_batches_in_flight: 2,
             retry_initial_backoff_ms: 200,
@@ -453,6 +460,16 @@ impl Config {
             "database.partition_check_interval_seconds",
             self.database.partition_check_interval_seconds,
         )?;
+        if self.kafka.consumer.batch_max_records_behind < self.kafka.consumer.batch_max_records {
+            return Err(invalid(
+                "kafka.consumer.batch_max_records_behind",
+                format!(
+                    "{} is below kafka.consumer.batch_max_records {}: statements grow from the one to the other",
+                    self.kafka.consumer.batch_max_records_behind,
+                    self.kafka.consumer.batch_max_records
+                ),
+            ));
+        }
         if self.ingest.max_batch_size > self.ingest.queue_max_size {
             return Err(invalid(
                 "ingest.max_batch_size",

@@ -126,7 +126,9 @@ impl Metrics {
             sink_batch_size: histogram(
                 "audit_sink_batch_size",
                 "Records per database transaction",
-                vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+                vec![
+                    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0,
+                ],
             ),
             sink_insert_seconds: histogram(
                 "audit_sink_insert_seconds",

@@ -1026,3 +1026,98 @@ async fn crafted_records_cannot_stall_the_sink() {
         "the skip is logged with where the record is"
     );
 }
+
+/// Issue 22: statements grow with the backlog. 30,000 events already in Kafka are written in
+/// statements larger than `batch_max_records`, every event exactly once, every offset
+/// committed; events that then arrive one at a time are written as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_grow_with_the_backlog_and_shrink_when_caught_up() {
+    let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
+    let s = setup(kafka, pg).await;
+    let total = 30_000;
+    let payloads: Vec<Vec<u8>> = (0..total)
+        .map(|n| serde_json::to_vec(&generated(n, "backlog")).expect("json"))
+        .collect();
+    // All at once (order does not matter here): one by one would take minutes.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .create()
+        .expect("producer");
+    let sends = payloads.iter().enumerate().map(|(n, p)| {
+        let key = (n % 17).to_string();
+        let producer = &producer;
+        let topic = &s.topic;
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).payload(p).key(&key),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+    });
+    futures::future::join_all(sends).await;
+    let (runtime, mut client) = s.serve(kafka).await;
+    let reader = s.db.connect("reader").await;
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(DISTINCT id) FROM audit_events",
+            total as i64,
+            Duration::from_secs(120)
+        )
+        .await,
+        total as i64,
+        "{}",
+        runtime.log_tail(20)
+    );
+    let metrics = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let text = String::from_utf8_lossy(
+        &client
+            .get("/v1/auditmanager/metrics")
+            .await
+            .expect("metrics")
+            .body,
+    )
+    .into_owned();
+    let statements = metrics(&text, "audit_sink_batch_size_count");
+    let at_most_500 = metrics(&text, "audit_sink_batch_size_bucket{le=\"500\"}");
+    eprintln!(
+        "backlog of {total}: {statements} statements, {at_most_500} of them of 500 rows or fewer"
+    );
+    assert!(
+        statements < total as f64 / 500.0,
+        "{statements} statements for {total} rows: they did not grow"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&reader)
+        .await
+        .expect("count");
+    assert_eq!(rows, total as i64, "exactly once");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(committed(kafka, &s.group, &s.topic), total as i64);
+
+    // Caught up: one event is a statement of one, written without waiting for others.
+    let started = std::time::Instant::now();
+    post_batch(&mut client, &[generated(0, "caught-up")]).await;
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events WHERE id = 'caught-up-0'",
+            1,
+            Duration::from_secs(10)
+        )
+        .await,
+        1
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}

@@ -11,12 +11,13 @@ pub mod dlq;
 
 pub use decode::{Poison, decode};
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
@@ -24,7 +25,6 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::db::partitions::{self, Month};
@@ -75,6 +75,55 @@ impl Batch {
     }
 }
 
+/// Commits batches in the order they were cut, whatever order their writes end in.
+#[derive(Default)]
+struct InOrder {
+    /// The sequence number of the next batch cut.
+    issued: u64,
+    /// The sequence number of the next batch to commit.
+    next: u64,
+    /// Writes that ended before an earlier one: their offsets, or None if stopped unwritten.
+    waiting: BTreeMap<u64, Option<Offsets>>,
+    /// A batch could not be written: nothing is committed from then on.
+    failed: bool,
+}
+
+impl InOrder {
+    fn issue(&mut self) -> u64 {
+        self.issued += 1;
+        self.issued - 1
+    }
+
+    /// Records a finished write and commits every batch now complete in order; false once a
+    /// batch could not be written (then nothing after it is ever committed).
+    fn finished(
+        &mut self,
+        done: Result<(u64, Option<Offsets>), tokio::task::JoinError>,
+        mut commit: impl FnMut(&Offsets),
+    ) -> bool {
+        match done {
+            Ok((seq, result)) => {
+                self.waiting.insert(seq, result);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a batch write task failed; committing nothing more");
+                self.failed = true;
+            }
+        }
+        while !self.failed {
+            match self.waiting.remove(&self.next) {
+                Some(Some(offsets)) => {
+                    commit(&offsets);
+                    self.next += 1;
+                }
+                Some(None) => self.failed = true,
+                None => break,
+            }
+        }
+        !self.failed
+    }
+}
+
 /// The consuming half of `serve`.
 pub struct Sink {
     pub consumer: Arc<StreamConsumer>,
@@ -88,10 +137,13 @@ pub struct Sink {
 impl Sink {
     /// Consumes until `stop` turns true, then finishes the batches in hand and commits them.
     ///
-    /// A batch is cut at `batch_max_records` or `flush_interval_ms` after its first record. Up
-    /// to `max_batches_in_flight` batches are written at once while the next one fills; offsets
-    /// are committed strictly in batch order, each as soon as its batch and every batch before
-    /// it are in the database (or the DLQ).
+    /// Up to `max_batches_in_flight` batches are written at once while the next one fills.
+    /// The statement size follows the backlog: a batch is cut at `batch_max_records` (or
+    /// `flush_interval_ms` after its first record) as soon as a writer is free; while every
+    /// writer is busy it keeps filling, up to `batch_max_records_behind`. A write that ends
+    /// frees its writer at once, whichever batch it was; offsets are still committed strictly
+    /// in batch order, each as soon as its batch and every batch before it are in the database
+    /// (or the DLQ).
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.config.kafka.topic])?;
         self.health.set_consumer_alive(true);
@@ -102,9 +154,15 @@ impl Sink {
             Arc::clone(&self.health),
         ));
         let sink = Arc::new(self);
-        let max = sink.config.kafka.consumer.batch_max_records;
-        let flush = Duration::from_millis(sink.config.kafka.consumer.flush_interval_ms);
-        let depth = sink.config.kafka.consumer.max_batches_in_flight.max(1);
+        let consumer = &sink.config.kafka.consumer;
+        let (low, high) = (
+            consumer.batch_max_records,
+            consumer
+                .batch_max_records_behind
+                .max(consumer.batch_max_records),
+        );
+        let flush = Duration::from_millis(consumer.flush_interval_ms);
+        let depth = consumer.max_batches_in_flight.max(1);
         // Stored events are re-validated without a size limit (nothing is serialized).
         let limits = Limits {
             max_event_bytes: usize::MAX,
@@ -112,37 +170,31 @@ impl Sink {
             retention_months: sink.config.database.partition_retention_months,
         };
         let known = Arc::new(Mutex::new(HashSet::new()));
-        let mut writing: VecDeque<JoinHandle<Option<Offsets>>> = VecDeque::new();
+        let mut writing = FuturesUnordered::new();
+        let mut order = InOrder::default();
         // The batch being filled lives here, outside the select below, so nothing received is
         // ever dropped when another branch wins. Each record is decoded as it arrives, so a
         // batch is ready to write the moment it is cut.
         let mut batch = Batch::default();
         let mut stopping = *stop.borrow();
-        let mut failed = false;
         loop {
+            let room = writing.len() < depth;
             let due = batch
                 .deadline
                 .is_some_and(|d| d <= tokio::time::Instant::now());
-            if !batch.is_empty() && (batch.len() >= max || due || stopping) && writing.len() < depth
-            {
+            if room && !batch.is_empty() && (batch.len() >= low || due || stopping) {
                 let full = std::mem::take(&mut batch);
                 let (me, stop, known) = (Arc::clone(&sink), stop.clone(), Arc::clone(&known));
-                writing.push_back(tokio::spawn(async move {
+                let seq = order.issue();
+                writing.push(tokio::spawn(async move {
                     let mut stop = stop;
-                    me.write(full, &known, &mut stop).await
+                    (seq, me.write(full, &known, &mut stop).await)
                 }));
                 continue;
             }
             if stopping && batch.is_empty() {
                 break;
             }
-            let room = writing.len() < depth;
-            let oldest = async {
-                match writing.front_mut() {
-                    Some(handle) => handle.await,
-                    None => std::future::pending().await,
-                }
-            };
             let deadline = batch.deadline;
             let flush_due = async {
                 match deadline {
@@ -152,24 +204,19 @@ impl Sink {
             };
             tokio::select! {
                 biased;
-                done = oldest => {
-                    writing.pop_front();
-                    match done {
-                        Ok(Some(offsets)) => sink.commit(&offsets),
+                Some(done) = writing.next(), if !writing.is_empty() => {
+                    if !order.finished(done, |offsets| sink.commit(offsets)) {
                         // Stopped while the database was failing: commit nothing more.
-                        _ => {
-                            failed = true;
-                            break;
-                        }
+                        break;
                     }
                 }
                 _ = stop.changed(), if !stopping => stopping = true,
-                message = sink.consumer.recv(), if !stopping && batch.len() < max => match message {
+                message = sink.consumer.recv(), if !stopping && batch.len() < high => match message {
                     Ok(m) => {
                         sink.add(&mut batch, m, &limits, flush);
                         // Take what librdkafka already holds without another round of the
                         // select (and its timer) per record.
-                        while batch.len() < max {
+                        while batch.len() < high {
                             match sink.consumer.recv().now_or_never() {
                                 Some(Ok(m)) => sink.add(&mut batch, m, &limits, flush),
                                 Some(Err(e)) => {
@@ -189,11 +236,8 @@ impl Sink {
             }
         }
         // In order: once one batch could not be written, later ones are not committed.
-        for pending in writing {
-            match pending.await {
-                Ok(Some(offsets)) if !failed => sink.commit(&offsets),
-                _ => failed = true,
-            }
+        while let Some(done) = writing.next().await {
+            order.finished(done, |offsets| sink.commit(offsets));
         }
         lag.abort();
         sink.health.set_consumer_alive(false);
@@ -448,4 +492,39 @@ fn lag_of(consumer: &StreamConsumer, topic: &str) -> Option<BTreeMap<i32, i64>> 
     // The partition list holds references into the client: release it before the consumer.
     drop(committed);
     lags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(p: i64) -> Offsets {
+        BTreeMap::from([(0, p)])
+    }
+
+    #[test]
+    fn writes_that_end_out_of_order_are_committed_in_order() {
+        let mut order = InOrder::default();
+        let (a, b, c) = (order.issue(), order.issue(), order.issue());
+        let mut committed = Vec::new();
+        assert!(order.finished(Ok((c, Some(offsets(30)))), |o| committed.push(o[&0])));
+        assert!(order.finished(Ok((b, Some(offsets(20)))), |o| committed.push(o[&0])));
+        assert!(
+            committed.is_empty(),
+            "nothing before the first batch is written"
+        );
+        assert!(order.finished(Ok((a, Some(offsets(10)))), |o| committed.push(o[&0])));
+        assert_eq!(committed, [10, 20, 30]);
+    }
+
+    #[test]
+    fn nothing_after_an_unwritten_batch_is_ever_committed() {
+        let mut order = InOrder::default();
+        let (a, b, c) = (order.issue(), order.issue(), order.issue());
+        let mut committed = Vec::new();
+        assert!(order.finished(Ok((b, Some(offsets(20)))), |o| committed.push(o[&0])));
+        assert!(!order.finished(Ok((a, None)), |o| committed.push(o[&0])));
+        assert!(!order.finished(Ok((c, Some(offsets(30)))), |o| committed.push(o[&0])));
+        assert!(committed.is_empty(), "{committed:?}");
+    }
 }

@@ -214,6 +214,11 @@ impl Cpu {
         Cpu(Cpu::NAMES.map(cpu_seconds))
     }
 
+    /// PostgreSQL's CPU microseconds per item since this sample.
+    fn postgres_per_item(&self, items: u64) -> f64 {
+        (Cpu::now().0[1] - self.0[1]) * 1e6 / items.max(1) as f64
+    }
+
     /// Cores busy per process over `elapsed`, and CPU microseconds per item when `items` > 0.
     fn since(&self, elapsed: Duration, items: u64) -> String {
         let now = Cpu::now();
@@ -354,7 +359,7 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
     );
     let batches = metric(&mut client, "audit_sink_batch_size_count").await;
     println!(
-        "{:<34} {batches:.0} batches, {:.0} rows each, {:.1} ms per insert on average",
+        "{:<34} {batches:.0} statements, {:.0} rows each, {:.1} ms per insert on average",
         "",
         metric(&mut client, "audit_sink_batch_size_sum").await / batches,
         1000.0 * metric(&mut client, "audit_sink_insert_seconds_sum").await / batches
@@ -472,6 +477,7 @@ async fn end_to_end_and_ceiling(
     let cpu = Cpu::now();
     let started = Instant::now();
     let run = format!("e2e{round}");
+    let statements = metric(client, "audit_sink_batch_size_count").await;
     let sent = run_phase(&run, address, 8, seconds, None, Some(500)).await;
     let done = wait_rows(
         client,
@@ -489,6 +495,8 @@ async fn end_to_end_and_ceiling(
         "end to end: POST → rows committed",
     );
     println!("{:<34} {}", "", cpu.since(done - started, sent));
+    let e2e_pg = cpu.postgres_per_item(sent);
+    let statements = metric(client, "audit_sink_batch_size_count").await - statements;
 
     // The ceiling: the very rows this round stored, in the order it stored them, COPYed again
     // into the emptied table in one COPY on one connection, so both write the same keys in the
@@ -506,6 +514,12 @@ async fn end_to_end_and_ceiling(
         "{:<34} {ceiling:>10.0} rows/s  ({sent} rows the end-to-end phase stored, in its order, into an empty table, one connection, one COPY; {})",
         "raw ceiling: COPY into audit_events",
         cpu.since(started.elapsed(), sent)
+    );
+    let ceiling_pg = cpu.postgres_per_item(sent);
+    println!(
+        "{:<34} PostgreSQL CPU per row: {e2e_pg:.1} µs in the sink, {ceiling_pg:.1} µs in the ceiling; {:.0} rows per statement on average ({statements:.0} statements)",
+        "",
+        sent as f64 / statements.max(1.0)
     );
     Ok((e2e, ceiling, sent))
 }
