@@ -148,9 +148,9 @@ fn outgoing(mut event: ValidEvent) -> (Outgoing, Vec<Warning>) {
     (queued, warnings)
 }
 
-/// Batch bodies larger than this are checked one at a time, on a blocking thread: a client
-/// sending large bodies as fast as it can gets at most one core, and the async workers stay
-/// free for everyone else's requests (`make bench`, hostile mix).
+/// Batch bodies larger than this are checked one at a time on the [`super::heavy`] lane: a
+/// client sending large bodies as fast as it can gets at most one core, at a lower priority,
+/// and the async workers stay free for everyone else's requests (`make bench`, hostile mix).
 pub const HEAVY_BODY_BYTES: usize = 1 << 20;
 
 /// What a batch is checked against, owned so that the work can move to another thread.
@@ -195,21 +195,25 @@ async fn accept_batch(
     let now = chrono::Utc::now();
     let Prepared { events, warnings } = if read.bytes.len() > HEAVY_BODY_BYTES {
         let wait = Duration::from_secs(state.config.server.body_read_timeout_seconds);
-        let _turn = tokio::time::timeout(wait, state.heavy.acquire())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| ApiError::Overloaded {
-                message: format!(
-                    "batch bodies over {HEAVY_BODY_BYTES} bytes are checked one at a time, and this one waited {} s for its turn; nothing of it was accepted",
-                    wait.as_secs()
-                ),
-                retry_after_seconds: state.config.ingest.retry_after_seconds,
-            })?;
         let bytes = std::mem::take(&mut read.bytes);
-        tokio::task::spawn_blocking(move || prepare_batch(&bytes, rules, now))
-            .await
-            .map_err(|e| ApiError::NotReady(format!("checking the batch failed: {e}; retry")))??
+        let checked = state.heavy.run(move || prepare_batch(&bytes, rules, now));
+        match tokio::time::timeout(wait, checked).await {
+            Ok(Some(prepared)) => prepared?,
+            Ok(None) => {
+                return Err(ApiError::NotReady(
+                    "the thread that checks large batches is gone; retry on another replica".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::Overloaded {
+                    message: format!(
+                        "batch bodies over {HEAVY_BODY_BYTES} bytes are checked one at a time, and this one was not checked within {} s; nothing of it was accepted",
+                        wait.as_secs()
+                    ),
+                    retry_after_seconds: state.config.ingest.retry_after_seconds,
+                });
+            }
+        }
     } else {
         prepare_batch(&read.bytes, rules, now)?
     };

@@ -16,8 +16,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub queue: Arc<IngestQueue>,
     pub bodies: BodyBudget,
-    /// One turn at a time for checking large batch bodies (see `events::HEAVY_BODY_BYTES`).
-    pub heavy: tokio::sync::Semaphore,
+    /// Where large batch bodies are checked (see `events::HEAVY_BODY_BYTES`).
+    pub heavy: super::heavy::HeavyLane,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }
@@ -38,7 +38,7 @@ impl AppState {
             config,
             queue,
             bodies,
-            heavy: tokio::sync::Semaphore::new(1),
+            heavy: super::heavy::HeavyLane::start(),
             metrics,
             health,
         }
