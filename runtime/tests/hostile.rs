@@ -22,6 +22,23 @@ fn start(kafka: &Kafka, topic: &str, extra: &[(&str, &str)]) -> AuditManager {
     common::start(kafka, topic, &env)
 }
 
+/// A runtime publishing to a fresh topic `name` on the shared broker, with `extra` settings.
+async fn runtime_with(name: &str, extra: &[(&str, &str)]) -> AuditManager {
+    let kafka = audit_testenv::kafka();
+    let topic = format!("test.{name}.{}", uuid::Uuid::new_v4().simple());
+    create_topic(&kafka.bootstrap(), &topic, 1).await;
+    start(kafka, &topic, extra)
+}
+
+/// Sends SIGTERM and waits (up to 30 s) for the process to end; its exit status, and the
+/// runtime for its log.
+async fn terminated(runtime: AuditManager) -> (Option<std::process::ExitStatus>, AuditManager) {
+    runtime.terminate();
+    tokio::task::spawn_blocking(move || (runtime.wait_exit(Duration::from_secs(30)), runtime))
+        .await
+        .expect("waiting for the process")
+}
+
 fn event() -> Value {
     json!({
         "specversion": "1.0", "id": uuid::Uuid::new_v4().to_string(), "source": "/hostile",
@@ -120,10 +137,7 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_that_took_a_pod_down_costs_almost_nothing() {
-    let kafka = audit_testenv::kafka();
-    let topic = format!("test.hostile.{}", uuid::Uuid::new_v4().simple());
-    create_topic(&kafka.bootstrap(), &topic, 1).await;
-    let runtime = start(kafka, &topic, &[]);
+    let runtime = runtime_with("hostile", &[]).await;
     let mut client = HttpClient::connect(&runtime.address())
         .await
         .expect("connect");
@@ -173,18 +187,15 @@ async fn the_request_that_took_a_pod_down_costs_almost_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_idle_and_surplus_connections_are_bounded() {
-    let kafka = audit_testenv::kafka();
-    let topic = format!("test.slow.{}", uuid::Uuid::new_v4().simple());
-    create_topic(&kafka.bootstrap(), &topic, 1).await;
-    let runtime = start(
-        kafka,
-        &topic,
+    let runtime = runtime_with(
+        "slow",
         &[
             ("AUDIT_MANAGER__SERVER__REQUEST_HEAD_TIMEOUT_SECONDS", "2"),
             ("AUDIT_MANAGER__SERVER__BODY_READ_TIMEOUT_SECONDS", "2"),
             ("AUDIT_MANAGER__SERVER__MAX_CONNECTIONS", "4"),
         ],
-    );
+    )
+    .await;
     let address = runtime.address();
 
     // A connection that sends nothing, and one that stops in the middle of its head.
@@ -294,34 +305,25 @@ async fn ack_mode_kafka_answers_503_with_retry_after_when_kafka_does_not_acknowl
         records.iter().any(|r| r.json()["id"] == waiting["id"]),
         "the event answered 503 was still published"
     );
-    runtime.terminate();
-    let exit = tokio::task::spawn_blocking(move || {
-        let exit = runtime.wait_exit(Duration::from_secs(30));
-        (exit, runtime)
-    })
-    .await
-    .expect("waiting");
+    let (exit, runtime) = terminated(runtime).await;
     assert!(
-        exit.0.is_some_and(|s| s.success()),
+        exit.is_some_and(|s| s.success()),
         "{}",
-        exit.1.log_tail(20)
+        runtime.log_tail(20)
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_by_its_deadline_with_clients_still_attached() {
-    let kafka = audit_testenv::kafka();
-    let topic = format!("test.deadline.{}", uuid::Uuid::new_v4().simple());
-    create_topic(&kafka.bootstrap(), &topic, 1).await;
-    let runtime = start(
-        kafka,
-        &topic,
+    let runtime = runtime_with(
+        "deadline",
         &[
             ("AUDIT_MANAGER__SERVER__SHUTDOWN_TIMEOUT_SECONDS", "3"),
             ("AUDIT_MANAGER__SERVER__BODY_READ_TIMEOUT_SECONDS", "600"),
             ("AUDIT_MANAGER__SERVER__REQUEST_HEAD_TIMEOUT_SECONDS", "600"),
         ],
-    );
+    )
+    .await;
     let address = runtime.address();
     // A client in the middle of a body, and one idle on keep-alive.
     let mut slow = TcpStream::connect(&address).expect("connect");
@@ -335,13 +337,7 @@ async fn shutdown_ends_by_its_deadline_with_clients_still_attached() {
     std::thread::sleep(Duration::from_millis(500));
 
     let started = Instant::now();
-    runtime.terminate();
-    let (exit, runtime) = tokio::task::spawn_blocking(move || {
-        let exit = runtime.wait_exit(Duration::from_secs(30));
-        (exit, runtime)
-    })
-    .await
-    .expect("waiting");
+    let (exit, runtime) = terminated(runtime).await;
     let took = started.elapsed();
     eprintln!(
         "SIGTERM with a slow and an idle client: exited after {} ms",

@@ -27,6 +27,11 @@ struct Setup {
 }
 
 async fn setup(kafka: &Kafka, pg: &Postgres) -> Setup {
+    setup_with_dlq(kafka, pg, &[]).await
+}
+
+/// A fresh database, events topic (3 partitions) and DLQ topic created with `dlq_config`.
+async fn setup_with_dlq(kafka: &Kafka, pg: &Postgres, dlq_config: &[(&str, &str)]) -> Setup {
     let s = Setup {
         db: Database::create(pg),
         topic: unique("events"),
@@ -34,7 +39,7 @@ async fn setup(kafka: &Kafka, pg: &Postgres) -> Setup {
         group: unique("group"),
     };
     create_topic(&kafka.bootstrap(), &s.topic, 3).await;
-    create_topic(&kafka.bootstrap(), &s.dlq, 1).await;
+    create_topic_with(&kafka.bootstrap(), &s.dlq, 1, dlq_config).await;
     s
 }
 
@@ -951,20 +956,7 @@ async fn the_writer_appends_and_the_reader_only_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crafted_records_cannot_stall_the_sink() {
     let (kafka, pg) = (audit_testenv::kafka(), audit_testenv::postgres());
-    let s = Setup {
-        db: Database::create(pg),
-        topic: unique("events"),
-        dlq: unique("dlq"),
-        group: unique("group"),
-    };
-    create_topic(&kafka.bootstrap(), &s.topic, 1).await;
-    create_topic_with(
-        &kafka.bootstrap(),
-        &s.dlq,
-        1,
-        &[("max.message.bytes", "200000")],
-    )
-    .await;
+    let s = setup_with_dlq(kafka, pg, &[("max.message.bytes", "200000")]).await;
     let (runtime, mut client) = s.serve(kafka).await;
 
     let good = |n: usize| serde_json::to_vec(&generated(n, "after")).expect("json");
