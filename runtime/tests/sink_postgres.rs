@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use audit_testenv::http::HttpClient;
+use audit_testenv::loadgen::metric;
 use audit_testenv::topics::{create_topic, create_topic_with, read_topic};
 use audit_testenv::{AuditManager, Kafka, Postgres};
 use chrono::{DateTime, Utc};
@@ -1065,23 +1066,8 @@ async fn statements_grow_with_the_backlog_and_shrink_when_caught_up() {
         "{}",
         runtime.log_tail(20)
     );
-    let metrics = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let text = String::from_utf8_lossy(
-        &client
-            .get("/v1/auditmanager/metrics")
-            .await
-            .expect("metrics")
-            .body,
-    )
-    .into_owned();
-    let statements = metrics(&text, "audit_sink_batch_size_count");
-    let at_most_500 = metrics(&text, "audit_sink_batch_size_bucket{le=\"500\"}");
+    let statements = metric(&mut client, "audit_sink_batch_size_count").await;
+    let at_most_500 = metric(&mut client, "audit_sink_batch_size_bucket{le=\"500\"}").await;
     eprintln!(
         "backlog of {total}: {statements} statements, {at_most_500} of them of 500 rows or fewer"
     );

@@ -174,6 +174,15 @@ pub fn parse_header(value: &str) -> Vec<Normalization> {
         .collect()
 }
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn char_prefix(text: &str, max: usize) -> &str {
+    let cut = (0..=max.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[..cut]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -248,10 +248,7 @@ fn check_data(
                 // Kept as sent: a forwarded-for hop is whatever the proxy wrote.
                 Some(Value::String(ip)) => {
                     if ip.len() > MAX_IP_BYTES {
-                        let cut = (0..=MAX_IP_BYTES)
-                            .rev()
-                            .find(|i| ip.is_char_boundary(*i))
-                            .unwrap_or(0);
+                        let cut = normalize::char_prefix(ip, MAX_IP_BYTES).len();
                         ip.truncate(cut);
                         warnings.push(Warning::new(
                             "data.actor.ip",

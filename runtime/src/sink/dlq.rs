@@ -52,11 +52,8 @@ fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return text.into();
     }
-    let cut = (0..=max)
-        .rev()
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(0);
-    format!("{} … (cut: {} bytes in all)", &text[..cut], text.len()).into()
+    let kept = normalize::char_prefix(text, max);
+    format!("{kept} … (cut: {} bytes in all)", text.len()).into()
 }
 
 /// Whether Kafka will refuse this record however often it is sent.
