@@ -228,6 +228,8 @@ pub struct PlacementSpec {
 /// The PostgreSQL server; the operator creates the database and its three roles.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.sslMode != 'verify-ca' || has(self.caRef)").message("database.sslMode verify-ca needs database.caRef: the CA that signed the server's certificate (verify-full alone uses the system trust store)"))]
+#[x_kube(validation = Rule::new("self.sslMode != 'disable' || (!has(self.caRef) && !has(self.clientCertSecretRef))").message("database.caRef and database.clientCertSecretRef need TLS: sslMode disable would ignore them"))]
 pub struct DatabaseSpec {
     #[x_kube(validation = Rule::new("self != ''").message("database.host must not be empty"))]
     pub host: String,
@@ -240,8 +242,74 @@ pub struct DatabaseSpec {
     pub name: Option<String>,
     /// A Secret in the resource's namespace with an admin login (CREATEROLE, CREATEDB).
     pub admin_secret_ref: SecretKeysRef,
+    /// TLS to the server, as libpq's `sslmode`. The default, `verify-full`, encrypts and checks
+    /// the server's certificate and host name; `require` with `caRef` checks the certificate
+    /// (as libpq does when a root certificate is present).
     #[serde(default = "default_ssl_mode")]
     pub ssl_mode: SslMode,
+    /// The CA bundle that verifies the server, from a Secret or ConfigMap of this namespace
+    /// (CloudNativePG: Secret `<cluster>-ca`, key `ca.crt`). Without it, `verify-full` uses the
+    /// system trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_ref: Option<CaRef>,
+    /// A client certificate for PostgreSQL's `cert` authentication: a `kubernetes.io/tls`
+    /// Secret (keys `tls.crt`, `tls.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<CertSecretRef>,
+}
+
+/// A CA bundle (PEM) in a Secret or a ConfigMap of the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRef {
+    #[serde(default)]
+    pub kind: CaSource,
+    #[x_kube(validation = Rule::new("self != ''").message("caRef.name must not be empty"))]
+    pub name: String,
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum CaSource {
+    #[default]
+    Secret,
+    ConfigMap,
+}
+
+/// A certificate and its private key (PEM) in a Secret of the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertSecretRef {
+    #[x_kube(validation = Rule::new("self != ''").message("clientCertSecretRef.name must not be empty"))]
+    pub name: String,
+    /// `tls.crt` for a `kubernetes.io/tls` Secret, `user.crt` for a Strimzi KafkaUser's.
+    #[serde(default = "default_cert_key")]
+    pub cert_key: String,
+    #[serde(default = "default_key_key")]
+    pub key_key: String,
+}
+
+fn default_cert_key() -> String {
+    "tls.crt".into()
+}
+
+fn default_key_key() -> String {
+    "tls.key".into()
+}
+
+/// One key of a Secret of the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[x_kube(validation = Rule::new("self != ''").message("the Secret name must not be empty"))]
+    pub name: String,
+    #[serde(default = "default_password_key")]
+    pub key: String,
 }
 
 fn default_pg_port() -> i32 {
@@ -249,7 +317,7 @@ fn default_pg_port() -> i32 {
 }
 
 fn default_ssl_mode() -> SslMode {
-    SslMode::Prefer
+    SslMode::VerifyFull
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -306,6 +374,88 @@ pub struct KafkaSpec {
     pub dlq_topic: TopicSpec,
     #[serde(default = "default_consumer_group")]
     pub consumer_group: String,
+    /// How the runtime and the operator connect to the brokers.
+    #[serde(default)]
+    pub security: KafkaSecurity,
+}
+
+/// Kafka's `security.protocol`, SASL and TLS. Strimzi's Secrets work by reference: a
+/// KafkaUser's (SCRAM: key `password`; TLS: `user.crt`, `user.key`) and the cluster CA
+/// `<cluster>-cluster-ca-cert` (`ca.crt`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.protocol.startsWith('SASL_') == has(self.sasl)").message("kafka.security.sasl is set exactly when the protocol is SASL_PLAINTEXT or SASL_SSL"))]
+#[x_kube(validation = Rule::new("self.protocol.endsWith('SSL') || (!has(self.caRef) && !has(self.clientCertSecretRef))").message("kafka.security.caRef and clientCertSecretRef need TLS: use protocol SSL or SASL_SSL"))]
+pub struct KafkaSecurity {
+    #[serde(default)]
+    pub protocol: KafkaProtocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslSpec>,
+    /// The CA that verifies the brokers; without it, the system trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_ref: Option<CaRef>,
+    /// A client certificate (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<CertSecretRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum KafkaProtocol {
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    #[serde(rename = "SSL")]
+    Ssl,
+    #[serde(rename = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    #[serde(rename = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    /// librdkafka's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaProtocol::Plaintext => "plaintext",
+            KafkaProtocol::Ssl => "ssl",
+            KafkaProtocol::SaslPlaintext => "sasl_plaintext",
+            KafkaProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+/// SASL login: a user name and a password from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SaslSpec {
+    #[serde(default)]
+    pub mechanism: SaslMechanism,
+    #[x_kube(validation = Rule::new("self != ''").message("kafka.security.sasl.username must not be empty"))]
+    pub username: String,
+    /// Strimzi's KafkaUser Secret holds it under `password`.
+    pub password_secret_ref: SecretKeyRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 fn default_events_topic() -> TopicSpec {

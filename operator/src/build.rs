@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use audit_manager::config::{self as runtime, Config};
 use audit_manager::db::roles::role_name;
 use audit_manager::http::paths;
-use audit_manager_crds::AuditManager;
+use audit_manager_crds::{AuditManager, CaRef, CaSource, CertSecretRef};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -25,6 +25,11 @@ use crate::context::Error;
 pub const DRAIN_SECONDS: i64 = 60;
 /// Where the runtime's configuration file is mounted.
 const CONFIG_DIR: &str = "/etc/audit-manager";
+/// Where the TLS and SASL material the spec references is mounted, one folder per reference.
+const TLS_DIR: &str = "/var/run/audit-manager";
+/// The runtime's user; its group owns the mounted material (`fsGroup`), readable by it only.
+const RUNTIME_UID: i64 = 65532;
+const SECRET_FILE_MODE: i32 = 0o440;
 
 /// Names of everything created for one resource.
 #[derive(Debug, Clone)]
@@ -146,6 +151,29 @@ pub fn runtime_config(am: &AuditManager) -> Config {
     c.database.user = role_name(&database, "writer");
     c.database.name = database;
     c.database.sslmode = spec.database.ssl_mode.as_str().into();
+    let file = |volume: &str, file: &str| format!("{TLS_DIR}/{volume}/{file}");
+    if spec.database.ca_ref.is_some() {
+        c.database.sslrootcert = file("database-ca", "ca.crt");
+    }
+    if spec.database.client_cert_secret_ref.is_some() {
+        c.database.sslcert = file("database-client", "tls.crt");
+        c.database.sslkey = file("database-client", "tls.key");
+    }
+    let security = &spec.kafka.security;
+    let s = &mut c.kafka.security;
+    s.protocol = security.protocol.as_str().into();
+    if let Some(sasl) = &security.sasl {
+        s.sasl_mechanism = sasl.mechanism.as_str().into();
+        s.sasl_username = sasl.username.clone();
+        s.sasl_password_file = file("kafka-sasl", "password");
+    }
+    if security.ca_ref.is_some() {
+        s.ssl_ca_file = file("kafka-ca", "ca.crt");
+    }
+    if security.client_cert_secret_ref.is_some() {
+        s.ssl_cert_file = file("kafka-client", "tls.crt");
+        s.ssl_key_file = file("kafka-client", "tls.key");
+    }
     c.database.partition_pre_create_months = months(spec.retention.pre_create_months);
     c.database.partition_retention_months = months(spec.retention.months);
     size_for_memory(&mut c, memory_limit(am));
@@ -243,6 +271,67 @@ fn password_from(secret: &str) -> Value {
            "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}})
 }
 
+/// The configuration volume and one read-only volume per TLS or SASL reference of the spec,
+/// each exposing the referenced keys under the file names `runtime_config` points at:
+/// `(volumes, volumeMounts)`.
+fn volumes(am: &AuditManager, names: &Names) -> (Vec<Value>, Vec<Value>) {
+    let mut volumes = vec![json!({"name": "config", "configMap": {"name": names.config}})];
+    let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
+    let secret = |name: &str, items: &[(&str, &str)]| {
+        json!({"secret": {"secretName": name, "defaultMode": SECRET_FILE_MODE,
+               "items": items.iter().map(|(k, p)| json!({"key": k, "path": p})).collect::<Vec<_>>()}})
+    };
+    let ca = |r: &CaRef| match r.kind {
+        CaSource::Secret => secret(&r.name, &[(&r.key, "ca.crt")]),
+        CaSource::ConfigMap => json!({"configMap": {"name": r.name,
+                                      "items": [{"key": r.key, "path": "ca.crt"}]}}),
+    };
+    let cert = |r: &CertSecretRef| {
+        secret(
+            &r.name,
+            &[(&r.cert_key, "tls.crt"), (&r.key_key, "tls.key")],
+        )
+    };
+    let spec = &am.spec;
+    let security = &spec.kafka.security;
+    let wanted = [
+        ("database-ca", spec.database.ca_ref.as_ref().map(ca)),
+        (
+            "database-client",
+            spec.database.client_cert_secret_ref.as_ref().map(cert),
+        ),
+        ("kafka-ca", security.ca_ref.as_ref().map(ca)),
+        (
+            "kafka-client",
+            security.client_cert_secret_ref.as_ref().map(cert),
+        ),
+        (
+            "kafka-sasl",
+            security.sasl.as_ref().map(|s| {
+                secret(
+                    &s.password_secret_ref.name,
+                    &[(&s.password_secret_ref.key, "password")],
+                )
+            }),
+        ),
+    ];
+    for (name, source) in wanted {
+        let Some(mut volume) = source else { continue };
+        volume["name"] = json!(name);
+        volumes.push(volume);
+        mounts.push(
+            json!({"name": name, "mountPath": format!("{TLS_DIR}/{name}"), "readOnly": true}),
+        );
+    }
+    (volumes, mounts)
+}
+
+/// The pod's security context: non-root, and the runtime's group owns mounted Secrets.
+fn pod_security() -> Value {
+    json!({"runAsNonRoot": true, "runAsUser": RUNTIME_UID, "fsGroup": RUNTIME_UID,
+           "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
 fn container_security() -> Value {
     json!({
         "allowPrivilegeEscalation": false,
@@ -254,6 +343,7 @@ fn container_security() -> Value {
 
 pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Result<Deployment, Error> {
     let am = inputs.am;
+    let (volumes, mounts) = volumes(am, names);
     let spec = &am.spec;
     let mut pod_labels = labels(am);
     pod_labels.extend(spec.placement.pod_labels.clone());
@@ -273,7 +363,7 @@ pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Result<Deployment, Erro
             "metadata": {"labels": pod_labels, "annotations": annotations},
             "spec": {
                 "terminationGracePeriodSeconds": DRAIN_SECONDS,
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                "securityContext": pod_security(),
                 "nodeSelector": spec.placement.node_selector,
                 "tolerations": spec.placement.tolerations,
                 "affinity": spec.placement.affinity,
@@ -294,9 +384,9 @@ pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Result<Deployment, Erro
                                       "periodSeconds": 10, "failureThreshold": 6},
                     "resources": spec.resources,
                     "securityContext": container_security(),
-                    "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}],
+                    "volumeMounts": mounts,
                 }],
-                "volumes": [{"name": "config", "configMap": {"name": names.config}}],
+                "volumes": volumes,
             }
         }
     });
@@ -352,6 +442,7 @@ pub fn pdb(am: &AuditManager, names: &Names) -> Result<PodDisruptionBudget, Erro
 
 pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> Result<CronJob, Error> {
     let am = inputs.am;
+    let (volumes, mounts) = volumes(am, names);
     let database = am.spec.database_name(&name_of(am));
     from(json!({
         "apiVersion": "batch/v1", "kind": "CronJob",
@@ -367,7 +458,7 @@ pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> Result<CronJob, Error> {
                     "metadata": {"labels": labels(am)},
                     "spec": {
                         "restartPolicy": "OnFailure",
-                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532},
+                        "securityContext": pod_security(),
                         "containers": [{
                             "name": "maintain",
                             "image": image(am),
@@ -379,9 +470,9 @@ pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> Result<CronJob, Error> {
                                 password_from(&names.owner_secret),
                             ],
                             "securityContext": container_security(),
-                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}],
+                            "volumeMounts": mounts,
                         }],
-                        "volumes": [{"name": "config", "configMap": {"name": names.config}}],
+                        "volumes": volumes,
                     }
                 }
             }}

@@ -86,7 +86,10 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
         topics: provisioned.topics,
         workload: observe::workload(ctx, am, &names).await,
         health: observe::health(ctx, am).await,
-        lag: observe::lag(am).await,
+        lag: match &provisioned.connections {
+            Ok(c) => observe::lag(am, c).await,
+            Err(p) => Err(p.clone()),
+        },
         istio_installed,
         endpoint: build::endpoint(am, &names),
         owned_topics: provisioned.owned_topics,

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use audit_manager::db::ownership::{self, Dropped};
-use audit_manager::db::{DbError, roles};
+use audit_manager::db::{self, DbError, roles};
 use audit_manager_crds::AuditManager;
 use kube::ResourceExt;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::connections::Connections;
 use crate::context::on_own_thread;
 use crate::status::Problem;
 
@@ -35,90 +36,104 @@ fn failed(what: &str, e: &DbError) -> Problem {
     }
 }
 
-fn unreachable(am: &AuditManager, e: impl std::fmt::Display) -> Problem {
+fn unreachable(c: &Connections, e: impl std::fmt::Display) -> Problem {
+    let d = &c.database;
+    // A TLS failure names its cause (unknown CA, host name mismatch, server without TLS).
+    let tls = match db::ssl_mode(d) {
+        Ok(mode) if !matches!(mode, PgSslMode::Disable) => format!(" (sslMode {})", d.sslmode),
+        _ => String::new(),
+    };
     Problem::new(
         "DatabaseUnreachable",
         format!(
-            "cannot connect to PostgreSQL at {}:{} as the admin: {e}",
-            am.spec.database.host, am.spec.database.port
+            "cannot connect to PostgreSQL at {}:{}{tls} as the admin: {e}",
+            d.host, d.port
         ),
     )
 }
 
-/// Connection options for `user` to `database` on the spec's server.
+/// Connection options for `user` to `database`: the runtime's settings (`db::options`) with
+/// the referenced TLS material in memory.
 fn options(
-    am: &AuditManager,
+    c: &Connections,
     database: &str,
     user: &str,
     password: &str,
-) -> sqlx::postgres::PgConnectOptions {
-    let d = &am.spec.database;
-    sqlx::postgres::PgConnectOptions::new()
-        .host(&d.host)
-        .port(u16::try_from(d.port).unwrap_or(5432))
-        .database(database)
-        .username(user)
-        .password(password)
-        .ssl_mode(
-            d.ssl_mode
-                .as_str()
-                .parse()
-                .unwrap_or(sqlx::postgres::PgSslMode::Prefer),
-        )
-        .application_name("audit-manager-operator")
+) -> Result<PgConnectOptions, Problem> {
+    db::options(&c.database, database, user, password)
+        .map(|o| o.application_name("audit-manager-operator"))
+        .map_err(|e| Problem::new("InvalidSpec", e.to_string()))
 }
 
 /// One admin connection to the `postgres` database, for creating and dropping databases and
 /// roles.
-async fn admin_pool(am: &AuditManager, admin: (&str, &str)) -> Result<PgPool, sqlx::Error> {
+async fn admin_pool(c: &Connections, admin: (&str, &str)) -> Result<PgPool, Problem> {
     PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options(am, "postgres", admin.0, admin.1))
+        .connect_with(options(c, "postgres", admin.0, admin.1)?)
         .await
+        .map_err(|e| unreachable(c, e))
 }
 
 async fn connect(
-    am: &AuditManager,
+    c: &Connections,
     database: &str,
     user: &str,
     password: &str,
 ) -> Result<PgConnection, Problem> {
-    let options = options(am, database, user, password);
+    let options = options(c, database, user, password)?;
     tokio::time::timeout(
         Duration::from_secs(10),
         PgConnection::connect_with(&options),
     )
     .await
-    .map_err(|_| unreachable(am, "timed out after 10 s"))?
-    .map_err(|e| unreachable(am, e))
+    .map_err(|_| unreachable(c, "timed out after 10 s"))?
+    .map_err(|e| unreachable(c, e))
+}
+
+/// What provisioning did, and what the admin connection was protected by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ensured {
+    pub created: bool,
+    /// For the condition message: encrypted or not, verified or not.
+    pub protection: String,
 }
 
 /// Creates (or confirms) the roles and the database, then migrates and grants as the owner.
 /// Returns true when this call created the database.
 pub async fn ensure(
     am: &AuditManager,
+    connections: &Connections,
     admin: (String, String),
     roles: roles::Roles,
     database: String,
-) -> Result<bool, Problem> {
+) -> Result<Ensured, Problem> {
     let am = am.clone();
-    on_own_thread(
-        move || async move { ensure_here(&am, (&admin.0, &admin.1), &roles, &database).await },
-    )
+    let c = connections.clone();
+    on_own_thread(move || async move {
+        ensure_here(&am, &c, (&admin.0, &admin.1), &roles, &database).await
+    })
     .await
 }
 
 async fn ensure_here(
     am: &AuditManager,
+    c: &Connections,
     admin: (&str, &str),
     roles: &roles::Roles,
     database: &str,
-) -> Result<bool, Problem> {
+) -> Result<Ensured, Problem> {
     let mark = marker(am);
-    let pool = admin_pool(am, admin)
+    let pool = admin_pool(c, admin).await?;
+    let tls = db::session_tls(&pool)
         .await
-        .map_err(|e| unreachable(am, e))?;
+        .map_err(|e| failed("reading the connection's TLS state", &e))?;
+    let mode = db::ssl_mode(&c.database).map_err(|e| failed("reading sslMode", &e))?;
+    let protection = match &tls {
+        Some(version) => format!("{version}, {}", db::protection(mode, true)),
+        None => db::protection(mode, false).to_string(),
+    };
     ownership::ensure_unclaimed(&pool, database, roles, &mark)
         .await
         .map_err(|e| failed("checking what exists", &e))?;
@@ -129,7 +144,7 @@ async fn ensure_here(
         .await
         .map_err(|e| failed("creating the database", &e))?;
     pool.close().await;
-    let mut conn = connect(am, database, admin.0, admin.1).await?;
+    let mut conn = connect(c, database, admin.0, admin.1).await?;
     roles::migrate_as_owner(
         &mut conn,
         roles,
@@ -140,29 +155,25 @@ async fn ensure_here(
     .await
     .map_err(|e| failed("migrating as the owner", &e))?;
     let _ = conn.close().await;
-    Ok(created)
+    Ok(Ensured {
+        created,
+        protection,
+    })
 }
 
 /// Drops the database and the roles this resource created; what someone else made is left
 /// and named in the report.
 pub async fn drop_owned(
     am: &AuditManager,
+    connections: &Connections,
     admin: (String, String),
     database: String,
     roles: Vec<String>,
 ) -> Result<Dropped, Problem> {
     let am = am.clone();
+    let c = connections.clone();
     on_own_thread(move || async move {
-        let d = &am.spec.database;
-        let pool = admin_pool(&am, (&admin.0, &admin.1)).await.map_err(|e| {
-            Problem::new(
-                "DatabaseUnreachable",
-                format!(
-                    "cannot connect to PostgreSQL at {}:{} to drop the database: {e}",
-                    d.host, d.port
-                ),
-            )
-        })?;
+        let pool = admin_pool(&c, (&admin.0, &admin.1)).await?;
         let report = ownership::drop_marked(&pool, &database, &roles, &marker(&am))
             .await
             .map_err(|e| Problem::new("DatabaseTeardownFailed", e.to_string()));

@@ -2,12 +2,13 @@
 //! Kafka topics and the runtime workload, and reports what it sees in the status.
 //!
 //! A reconcile is a pipeline ([`controller`]): [`provision`] the external things ([`database`],
-//! [`topics`], with [`credentials`] from Secrets) → [`build`] the children (pure) → [`apply`]
+//! [`topics`], with [`credentials`] and the TLS/SASL material of [`connections`] from Secrets) → [`build`] the children (pure) → [`apply`]
 //! them → [`observe`] the workload, health and lag → [`status`] (pure). Deletion is
 //! [`teardown`]. What every step shares is in [`context`].
 
 pub mod apply;
 pub mod build;
+pub mod connections;
 pub mod context;
 pub mod controller;
 pub mod credentials;

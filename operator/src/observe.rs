@@ -13,6 +13,7 @@ use kube::api::{Api, ListParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::build::{self, Names};
+use crate::connections::Connections;
 use crate::context::Ctx;
 use crate::status::{Outcome, Problem, Workload};
 use crate::topics;
@@ -95,9 +96,13 @@ pub fn ready_pod_ips(pods: &[Pod]) -> Vec<String> {
 }
 
 /// The consumer group's lag per partition of the events topic.
-pub async fn lag(am: &AuditManager) -> Result<BTreeMap<i32, i64>, Problem> {
+pub async fn lag(
+    am: &AuditManager,
+    connections: &Connections,
+) -> Result<BTreeMap<i32, i64>, Problem> {
     let kafka = am.spec.kafka.clone();
-    tokio::task::spawn_blocking(move || topics::lag(&kafka))
+    let c = connections.clone();
+    tokio::task::spawn_blocking(move || topics::lag(&kafka, &c))
         .await
         .unwrap_or_else(|e| Err(Problem::new("InternalError", e.to_string())))
 }

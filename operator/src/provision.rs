@@ -6,8 +6,9 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use crate::build::{self, Names};
+use crate::connections::{self, Connections};
 use crate::context::{Ctx, Error};
-use crate::status::Outcome;
+use crate::status::{Outcome, Problem};
 use crate::{apply, credentials, database, topics};
 
 /// What the external steps left.
@@ -16,8 +17,11 @@ pub struct Provisioned {
     pub topics: Outcome,
     /// Topics this resource created, recorded for teardown.
     pub owned_topics: Vec<String>,
-    /// The checksum of the role credentials, in the pod template: a change rolls the pods.
+    /// The checksum of the role credentials and the referenced TLS/SASL material, in the pod
+    /// template: a change rolls the pods.
     pub secret_hash: String,
+    /// The settings of the operator's own connections (lag, teardown).
+    pub connections: Result<Connections, Problem>,
 }
 
 /// Runs the database and topic steps when something they depend on changed.
@@ -30,12 +34,15 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
         credentials::hold_admin_secret(&ctx.client, am).await?;
     }
     let creds = credentials::credentials(&ctx.client, am, names, &database_name).await;
-    // The role credentials, hashed: in the pod template and, with the admin login, in the
-    // fingerprint that decides whether provisioning is redone.
-    let secret_hash = creds
-        .as_ref()
-        .map(|c| build::hash(format!("{:?}", (&c.owner, &c.writer, &c.reader)).as_bytes()))
-        .unwrap_or_default();
+    let connections = connections::resolve(&ctx.client, am).await;
+    // The role credentials and the referenced material, hashed: in the pod template and, with
+    // the admin login, in the fingerprint that decides whether provisioning is redone.
+    let secret_hash = match (&creds, &connections) {
+        (Ok(c), Ok(conn)) => {
+            build::hash(format!("{:?}{}", (&c.owner, &c.writer, &c.reader), conn.hash).as_bytes())
+        }
+        _ => String::new(),
+    };
     let fingerprint = match &admin {
         Ok(a) if creds.is_ok() => build::hash(format!("{a:?}{secret_hash}").as_bytes()),
         _ => String::new(),
@@ -53,20 +60,30 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
             .iter()
             .any(|c| c.type_ == *kind && c.status == "True")
     });
+    let message_of = |kind: &str| {
+        previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    };
     if done && ready_before {
         return Ok(Provisioned {
-            database: Ok(database_ready(&database_name)),
-            topics: Ok(topics_ready(am)),
+            database: Ok(message_of("DatabaseReady")),
+            topics: Ok(message_of("TopicsReady")),
             owned_topics: previous.owned_topics,
             secret_hash,
+            connections,
         });
     }
-    let database = match (admin, &creds) {
-        (Err(p), _) => Err(p),
-        (_, Err(p)) => Err(p.clone()),
-        (Ok(admin), Ok(roles)) => {
-            let created = database::ensure(am, admin, roles.clone(), database_name.clone()).await;
-            if created == Ok(true) {
+    let database = match (admin, &creds, &connections) {
+        (Err(p), _, _) => Err(p),
+        (_, Err(p), _) | (_, _, Err(p)) => Err(p.clone()),
+        (Ok(admin), Ok(roles), Ok(c)) => {
+            let ensured =
+                database::ensure(am, c, admin, roles.clone(), database_name.clone()).await;
+            if ensured.as_ref().is_ok_and(|e| e.created) {
                 let note = format!(
                     "created database {database_name} with roles {}, {}, {}; migrated and partitioned",
                     roles.owner.0, roles.writer.0, roles.reader.0
@@ -74,10 +91,13 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
                 ctx.event(am, EventType::Normal, "DatabaseCreated", note)
                     .await;
             }
-            created.map(|_| database_ready(&database_name))
+            ensured.map(|e| database_ready(&database_name, &e.protection))
         }
     };
-    let (topics, owned_topics) = ensure_topics(ctx, am, previous.owned_topics).await?;
+    let (topics, owned_topics) = match &connections {
+        Ok(c) => ensure_topics(ctx, am, c, previous.owned_topics).await?,
+        Err(p) => (Err(p.clone()), previous.owned_topics),
+    };
     for outcome in [&database, &topics] {
         if let Err(p) = outcome {
             ctx.warn(am, p).await;
@@ -94,17 +114,20 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
         topics,
         owned_topics,
         secret_hash,
+        connections,
     })
 }
 
-fn database_ready(database: &str) -> String {
-    format!("database {database} and its roles are provisioned")
+fn database_ready(database: &str, protection: &str) -> String {
+    format!("database {database} and its roles are provisioned; the connection is {protection}")
 }
 
-fn topics_ready(am: &AuditManager) -> String {
+fn topics_ready(am: &AuditManager, c: &Connections) -> String {
     format!(
-        "topics {} and {} are provisioned",
-        am.spec.kafka.events_topic.name, am.spec.kafka.dlq_topic.name
+        "topics {} and {} are provisioned; Kafka {}",
+        am.spec.kafka.events_topic.name,
+        am.spec.kafka.dlq_topic.name,
+        audit_manager::kafka::protection(&c.kafka)
     )
 }
 
@@ -113,9 +136,10 @@ fn topics_ready(am: &AuditManager) -> String {
 async fn ensure_topics(
     ctx: &Ctx,
     am: &AuditManager,
+    c: &Connections,
     mut owned: Vec<String>,
 ) -> Result<(Outcome, Vec<String>), Error> {
-    let report = match topics::ensure(&am.spec.kafka, &owned).await {
+    let report = match topics::ensure(&am.spec.kafka, c, &owned).await {
         Ok(report) => report,
         Err(p) => return Ok((Err(p), owned)),
     };
@@ -138,7 +162,7 @@ async fn ensure_topics(
         .await;
     }
     let outcome = if report.warnings.is_empty() {
-        Ok(topics_ready(am))
+        Ok(topics_ready(am, c))
     } else {
         Ok(report.warnings.join("; "))
     };

@@ -19,7 +19,7 @@ use crate::apply::{self, api_of, crd_installed, delete_owned};
 use crate::build::{self, Kind, Names};
 use crate::context::{Ctx, Error};
 use crate::status::{self, Problem};
-use crate::{credentials, database, topics};
+use crate::{connections, credentials, database, topics};
 
 /// The deletion branch of a reconcile: the next teardown steps, then the finalizer goes.
 pub async fn finalize(ctx: &Ctx, am: &AuditManager) -> Result<Action, Error> {
@@ -244,7 +244,8 @@ async fn drop_database(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
         return Ok(());
     }
     let admin = credentials::admin_login(&ctx.client, am).await?;
-    let report = database::drop_owned(am, admin, db_name, roles.to_vec()).await?;
+    let c = connections::resolve(&ctx.client, am).await?;
+    let report = database::drop_owned(am, &c, admin, db_name, roles.to_vec()).await?;
     let kind = if report.left.is_empty() {
         EventType::Normal
     } else {
@@ -280,7 +281,8 @@ async fn delete_topics(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
         .await;
         return Ok(());
     }
-    let deleted = topics::delete(&am.spec.kafka, &owned).await?;
+    let c = connections::resolve(&ctx.client, am).await?;
+    let deleted = topics::delete(&am.spec.kafka, &c, &owned).await?;
     let mut note = if deleted.is_empty() {
         "deleted no topic".to_string()
     } else {

@@ -11,13 +11,23 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicRe
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use crate::connections::Connections;
 use crate::status::Problem;
 
 fn unreachable(kafka: &KafkaSpec, e: impl std::fmt::Display) -> Problem {
     Problem::new(
         "KafkaUnreachable",
-        format!("cannot reach Kafka at {}: {e}", kafka.bootstrap_servers),
+        format!(
+            "cannot reach Kafka at {} ({}): {e}",
+            kafka.bootstrap_servers,
+            kafka.security.protocol.as_str().to_ascii_uppercase()
+        ),
     )
+}
+
+/// A client with the runtime's settings (`kafka::client_config`) and the referenced material.
+fn client(c: &Connections) -> ClientConfig {
+    audit_manager::kafka::client_config(&c.kafka_bootstrap, &c.kafka)
 }
 
 /// Partitions of `topic`, or None when it does not exist.
@@ -37,13 +47,15 @@ fn partitions_of(
 }
 
 /// The partition count of each of `names` that exists, asked through one client.
-async fn existing(kafka: &KafkaSpec, names: Vec<String>) -> Result<BTreeMap<String, i32>, Problem> {
+async fn existing(
+    kafka: &KafkaSpec,
+    c: &Connections,
+    names: Vec<String>,
+) -> Result<BTreeMap<String, i32>, Problem> {
     let spec = kafka.clone();
+    let config = client(c);
     tokio::task::spawn_blocking(move || {
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &spec.bootstrap_servers)
-            .create()
-            .map_err(|e| unreachable(&spec, e))?;
+        let probe: BaseConsumer = config.create().map_err(|e| unreachable(&spec, e))?;
         let mut found = BTreeMap::new();
         for name in names {
             if let Some(n) = partitions_of(&probe, &spec, &name)? {
@@ -56,9 +68,8 @@ async fn existing(kafka: &KafkaSpec, names: Vec<String>) -> Result<BTreeMap<Stri
     .map_err(|e| Problem::new("InternalError", e.to_string()))?
 }
 
-fn admin(kafka: &KafkaSpec) -> Result<AdminClient<DefaultClientContext>, Problem> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
+fn admin(kafka: &KafkaSpec, c: &Connections) -> Result<AdminClient<DefaultClientContext>, Problem> {
+    client(c)
         .set("socket.timeout.ms", "10000")
         .create()
         .map_err(|e| unreachable(kafka, e))
@@ -75,12 +86,16 @@ pub struct Report {
 
 /// Creates missing topics and grows partitions up to the spec. A topic that exists but is not
 /// in `owned` (created by this resource) is reported as a conflict and left alone.
-pub async fn ensure(kafka: &KafkaSpec, owned: &[String]) -> Result<Report, Problem> {
-    let admin = admin(kafka)?;
+pub async fn ensure(
+    kafka: &KafkaSpec,
+    c: &Connections,
+    owned: &[String],
+) -> Result<Report, Problem> {
+    let admin = admin(kafka, c)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut report = Report::default();
     let topics = [&kafka.events_topic, &kafka.dlq_topic];
-    let found = existing(kafka, topics.iter().map(|t| t.name.clone()).collect()).await?;
+    let found = existing(kafka, c, topics.iter().map(|t| t.name.clone()).collect()).await?;
     for topic in topics {
         match found.get(&topic.name).copied() {
             None => {
@@ -165,9 +180,8 @@ fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
 
 /// Lag of the consumer group on the events topic: per partition, high watermark minus the
 /// committed offset (the whole partition when nothing is committed yet).
-pub fn lag(kafka: &KafkaSpec) -> Result<BTreeMap<i32, i64>, Problem> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
+pub fn lag(kafka: &KafkaSpec, c: &Connections) -> Result<BTreeMap<i32, i64>, Problem> {
+    let consumer: BaseConsumer = client(c)
         .set("group.id", &kafka.consumer_group)
         .set("enable.auto.commit", "false")
         .create()
@@ -203,9 +217,13 @@ pub fn lag(kafka: &KafkaSpec) -> Result<BTreeMap<i32, i64>, Problem> {
 }
 
 /// Deletes `names` (those that exist).
-pub async fn delete(kafka: &KafkaSpec, names: &[String]) -> Result<Vec<String>, Problem> {
-    let admin = admin(kafka)?;
-    let found = existing(kafka, names.to_vec()).await?;
+pub async fn delete(
+    kafka: &KafkaSpec,
+    c: &Connections,
+    names: &[String],
+) -> Result<Vec<String>, Problem> {
+    let admin = admin(kafka, c)?;
+    let found = existing(kafka, c, names.to_vec()).await?;
     let existing: Vec<String> = names
         .iter()
         .filter(|n| found.contains_key(*n))

@@ -2,7 +2,7 @@
 //! (`AUDIT_MANAGER__SECTION__KEY`, plus the original plain `DB_*` variables).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ pub const ENV_PREFIX: &str = "AUDIT_MANAGER__";
 /// The environment variable naming the YAML configuration file.
 pub const CONFIG_PATH_VAR: &str = "CONFIG_PATH";
 /// The keys that hold secrets (JSON pointers): never written to a file, never served.
-const SECRET_KEYS: [&str; 1] = ["/database/password"];
+const SECRET_KEYS: [&str; 2] = ["/database/password", "/kafka/security/sasl_password"];
 /// The HTTP port served by default.
 pub const DEFAULT_PORT: u16 = 8000;
 
@@ -172,8 +172,152 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     pub client_id: String,
     pub consumer_group: String,
+    pub security: KafkaSecurityConfig,
     pub producer: ProducerConfig,
     pub consumer: ConsumerConfig,
+}
+
+/// How the Kafka clients authenticate and encrypt: librdkafka's `security.protocol`, SASL and
+/// TLS settings. Files are PEM (a mounted Secret's keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSecurityConfig {
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl.
+    pub protocol: String,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (sasl_* protocols).
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    /// Never shown by `GET /config`; prefer `sasl_password_file`.
+    pub sasl_password: String,
+    /// A file holding the SASL password, read at start (it wins over `sasl_password`).
+    pub sasl_password_file: String,
+    /// The CA bundle that verifies the brokers; empty: the system trust store.
+    pub ssl_ca_file: String,
+    /// A client certificate and its key (mTLS); both or neither.
+    pub ssl_cert_file: String,
+    pub ssl_key_file: String,
+    /// The same material in memory (the operator's own connections, read from Secrets); each
+    /// wins over its file. Never serialized.
+    #[serde(skip)]
+    pub ssl_ca_pem: Option<String>,
+    #[serde(skip)]
+    pub ssl_cert_pem: Option<String>,
+    #[serde(skip)]
+    pub ssl_key_pem: Option<String>,
+}
+
+impl Default for KafkaSecurityConfig {
+    fn default() -> Self {
+        KafkaSecurityConfig {
+            protocol: "plaintext".into(),
+            sasl_mechanism: "SCRAM-SHA-512".into(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            sasl_password_file: String::new(),
+            ssl_ca_file: String::new(),
+            ssl_cert_file: String::new(),
+            ssl_key_file: String::new(),
+            ssl_ca_pem: None,
+            ssl_cert_pem: None,
+            ssl_key_pem: None,
+        }
+    }
+}
+
+/// The Kafka security protocols, as librdkafka names them.
+pub const KAFKA_PROTOCOLS: [&str; 4] = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+/// The SASL mechanisms librdkafka is built with here.
+pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+impl KafkaSecurityConfig {
+    /// TLS is on (ssl, sasl_ssl).
+    pub fn tls(&self) -> bool {
+        self.protocol.ends_with("ssl")
+    }
+
+    /// SASL is on (sasl_plaintext, sasl_ssl).
+    pub fn sasl(&self) -> bool {
+        self.protocol.starts_with("sasl_")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !KAFKA_PROTOCOLS.contains(&self.protocol.as_str()) {
+            return Err(invalid(
+                "kafka.security.protocol",
+                format!(
+                    "`{}` is not one of {}",
+                    self.protocol,
+                    KAFKA_PROTOCOLS.join(", ")
+                ),
+            ));
+        }
+        if self.sasl() {
+            if !SASL_MECHANISMS.contains(&self.sasl_mechanism.as_str()) {
+                return Err(invalid(
+                    "kafka.security.sasl_mechanism",
+                    format!(
+                        "`{}` is not one of {}",
+                        self.sasl_mechanism,
+                        SASL_MECHANISMS.join(", ")
+                    ),
+                ));
+            }
+            if self.sasl_username.is_empty() {
+                return Err(invalid(
+                    "kafka.security.sasl_username",
+                    format!("must be set with protocol {}", self.protocol),
+                ));
+            }
+            if self.sasl_password.is_empty() && self.sasl_password_file.is_empty() {
+                return Err(invalid(
+                    "kafka.security.sasl_password_file",
+                    format!(
+                        "a password (sasl_password_file or sasl_password) must be set with protocol {}",
+                        self.protocol
+                    ),
+                ));
+            }
+        }
+        // TLS material with a protocol that does not use it is a mistake that would send
+        // everything in cleartext: refuse it rather than ignore it.
+        if !self.tls() {
+            for (key, v) in [
+                ("ssl_ca_file", &self.ssl_ca_file),
+                ("ssl_cert_file", &self.ssl_cert_file),
+                ("ssl_key_file", &self.ssl_key_file),
+            ] {
+                if !v.is_empty() {
+                    return Err(invalid(
+                        &format!("kafka.security.{key}"),
+                        format!(
+                            "is set but protocol {} does not use TLS: use ssl or sasl_ssl",
+                            self.protocol
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.ssl_cert_file.is_empty() != self.ssl_key_file.is_empty() {
+            return Err(invalid(
+                "kafka.security.ssl_key_file",
+                "a client certificate and its key are set together (ssl_cert_file and ssl_key_file)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads `sasl_password_file` into `sasl_password`.
+    fn read_files(&mut self) -> Result<(), ConfigError> {
+        if !self.sasl_password_file.is_empty() {
+            let path = PathBuf::from(&self.sasl_password_file);
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            self.sasl_password = text.trim_end_matches(['\r', '\n']).to_string();
+        }
+        Ok(())
+    }
 }
 
 impl Default for KafkaConfig {
@@ -184,6 +328,7 @@ impl Default for KafkaConfig {
             dlq_topic: "openg2p.audit.dlq".into(),
             client_id: "openg2p-audit-manager".into(),
             consumer_group: "openg2p-audit-consumer".into(),
+            security: KafkaSecurityConfig::default(),
             producer: ProducerConfig::default(),
             consumer: ConsumerConfig::default(),
         }
@@ -260,8 +405,23 @@ pub struct DatabaseConfig {
     pub name: String,
     pub user: String,
     pub password: String,
-    /// disable, prefer, require, verify-ca or verify-full.
+    /// disable, prefer, require, verify-ca or verify-full, as libpq reads them.
     pub sslmode: String,
+    /// The CA bundle (PEM) that verifies the server; empty: the system trust store
+    /// (verify-full only). With a CA, `require` verifies the chain as `verify-ca` does.
+    pub sslrootcert: String,
+    /// A client certificate and its key (PEM), PostgreSQL's `cert` authentication; both or
+    /// neither.
+    pub sslcert: String,
+    pub sslkey: String,
+    /// The same material in memory (the operator's own connections, read from Secrets); each
+    /// wins over its file. Never serialized.
+    #[serde(skip)]
+    pub sslrootcert_pem: Option<String>,
+    #[serde(skip)]
+    pub sslcert_pem: Option<String>,
+    #[serde(skip)]
+    pub sslkey_pem: Option<String>,
     pub pool_max_connections: u32,
     pub partition_pre_create_months: u32,
     /// 0 keeps partitions forever.
@@ -277,7 +437,13 @@ impl Default for DatabaseConfig {
             name: "auditmanager".into(),
             user: "postgres".into(),
             password: "postgres".into(),
-            sslmode: "prefer".into(),
+            sslmode: "verify-full".into(),
+            sslrootcert: String::new(),
+            sslcert: String::new(),
+            sslkey: String::new(),
+            sslrootcert_pem: None,
+            sslcert_pem: None,
+            sslkey_pem: None,
             pool_max_connections: 4,
             partition_pre_create_months: 3,
             partition_retention_months: 84,
@@ -366,7 +532,9 @@ impl Config {
             let key = e.path().to_string();
             invalid(&key, e.into_inner().to_string())
         })?;
+        let mut config = config;
         config.validate()?;
+        config.kafka.security.read_files()?;
         Ok(config)
     }
 
@@ -516,6 +684,19 @@ impl Config {
                     self.database.sslmode,
                     SSL.join(", ")
                 ),
+            ));
+        }
+        self.kafka.security.validate()?;
+        if self.database.sslcert.is_empty() != self.database.sslkey.is_empty() {
+            return Err(invalid(
+                "database.sslkey",
+                "a client certificate and its key are set together (sslcert and sslkey)",
+            ));
+        }
+        if self.database.sslmode == "verify-ca" && self.database.sslrootcert.is_empty() {
+            return Err(invalid(
+                "database.sslrootcert",
+                "verify-ca needs the CA that signed the server's certificate (libpq refuses it without one too); verify-full alone uses the system trust store",
             ));
         }
         if !["json", "text"].contains(&self.log.format.as_str()) {

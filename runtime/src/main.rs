@@ -77,6 +77,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_logging(&config);
+    trust_only_the_database_ca(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -118,5 +119,17 @@ fn init_logging(config: &Config) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// With a CA for the database, rustls (through sqlx) would also trust the system's public CAs,
+/// which libpq never does when `sslrootcert` is set: any publicly signed certificate would then
+/// pass `verify-ca`. The system store rustls reads is `SSL_CERT_FILE` when set, so point it at
+/// the CA. Kafka's clients are unaffected: they always name their CA file (or probe).
+fn trust_only_the_database_ca(config: &Config) {
+    let ca = &config.database.sslrootcert;
+    if !ca.is_empty() && std::env::var_os("SSL_CERT_FILE").is_none() {
+        // SAFETY: called before the Tokio runtime or any other thread exists.
+        unsafe { std::env::set_var("SSL_CERT_FILE", ca) };
     }
 }

@@ -48,27 +48,95 @@ impl<T> Context<T> for Result<T, sqlx::Error> {
     }
 }
 
-/// Connection options for `user`/`password` on the configured server and `database`.
+/// Connection options for `user`/`password` on the configured server and `database`, with
+/// the TLS settings read as libpq reads them (see [`ssl_mode`]).
 pub fn options(
     config: &DatabaseConfig,
     database: &str,
     user: &str,
     password: &str,
 ) -> Result<PgConnectOptions, DbError> {
-    let ssl = PgSslMode::from_str(&config.sslmode).map_err(|_| {
-        DbError::Invalid(format!(
-            "database.sslmode `{}` is not one of disable, allow, prefer, require, verify-ca, verify-full",
-            config.sslmode
-        ))
-    })?;
-    Ok(PgConnectOptions::new()
+    let mut options = PgConnectOptions::new()
         .host(&config.host)
         .port(config.port)
         .database(database)
         .username(user)
         .password(password)
-        .ssl_mode(ssl)
-        .application_name("audit-manager"))
+        .ssl_mode(ssl_mode(config)?)
+        .application_name("audit-manager");
+    if let Some(pem) = &config.sslrootcert_pem {
+        options = options.ssl_root_cert_from_pem(pem.clone().into_bytes());
+    } else if !config.sslrootcert.is_empty() {
+        options = options.ssl_root_cert(&config.sslrootcert);
+    }
+    if let Some(pem) = &config.sslcert_pem {
+        options = options.ssl_client_cert_from_pem(pem.as_bytes());
+    } else if !config.sslcert.is_empty() {
+        options = options.ssl_client_cert(&config.sslcert);
+    }
+    if let Some(pem) = &config.sslkey_pem {
+        options = options.ssl_client_key_from_pem(pem.as_bytes());
+    } else if !config.sslkey.is_empty() {
+        options = options.ssl_client_key(&config.sslkey);
+    }
+    Ok(options)
+}
+
+/// The effective TLS mode. As in libpq: `require` with a root certificate verifies the chain
+/// (as `verify-ca`), and `verify-ca` without one is refused; `verify-full` without one uses
+/// the system trust store (libpq's `sslrootcert=system`).
+pub fn ssl_mode(config: &DatabaseConfig) -> Result<PgSslMode, DbError> {
+    let mode = PgSslMode::from_str(&config.sslmode).map_err(|_| {
+        DbError::Invalid(format!(
+            "database.sslmode `{}` is not one of disable, prefer, require, verify-ca, verify-full",
+            config.sslmode
+        ))
+    })?;
+    let has_ca = config.sslrootcert_pem.is_some() || !config.sslrootcert.is_empty();
+    Ok(match mode {
+        PgSslMode::Require if has_ca => PgSslMode::VerifyCa,
+        PgSslMode::VerifyCa if !has_ca => {
+            return Err(DbError::Invalid(
+                "database.sslmode verify-ca needs the CA that signed the server's certificate"
+                    .into(),
+            ));
+        }
+        PgSslMode::Allow => {
+            return Err(DbError::Invalid(
+                "database.sslmode `allow` is not supported: use disable, prefer or require".into(),
+            ));
+        }
+        mode => mode,
+    })
+}
+
+/// What a connection in `mode` guarantees, for status messages and logs.
+pub fn protection(mode: PgSslMode, encrypted: bool) -> &'static str {
+    match (encrypted, mode) {
+        (false, _) => "NOT encrypted: passwords and audit rows cross the network in cleartext",
+        (true, PgSslMode::VerifyFull) => {
+            "encrypted; the server's certificate is verified against the CA and the host name"
+        }
+        (true, PgSslMode::VerifyCa) => {
+            "encrypted; the server's certificate is verified against the CA, not the host name"
+        }
+        (true, _) => {
+            "encrypted but the server is NOT verified (sslmode require or prefer without a CA): a machine in the middle can read it"
+        }
+    }
+}
+
+/// Whether this session is encrypted, and with which protocol (`pg_stat_ssl`).
+pub async fn session_tls(conn: impl sqlx::PgExecutor<'_>) -> Result<Option<String>, DbError> {
+    let row: Option<(bool, Option<String>)> =
+        sqlx::query_as("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_optional(conn)
+            .await
+            .context(|| "reading pg_stat_ssl".into())?;
+    Ok(match row {
+        Some((true, version)) => Some(version.unwrap_or_else(|| "TLS".into())),
+        _ => None,
+    })
 }
 
 /// A pool for the configured user and database. Connects lazily: the service starts (and

@@ -34,9 +34,8 @@ const MAX_IN_FLIGHT: usize = 10_000;
 /// The settings every producer of this process shares: idempotent, acks=all, no delivery
 /// deadline (librdkafka keeps retrying while the cluster is away).
 fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = super::client_config(&kafka.bootstrap_servers, &kafka.security);
     config
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("client.id", &kafka.client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")

@@ -8,7 +8,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::event::normalize;
@@ -151,15 +151,15 @@ pub struct Replayed {
 /// `<consumer_group>-dlq-replay`) to the main topic with its original key, then commits.
 /// Replaying twice sends nothing new; rows stay single either way (ON CONFLICT DO NOTHING).
 pub async fn replay(config: &Config, producer: &FutureProducer) -> Result<Replayed, KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
-        .set(
-            "group.id",
-            format!("{}-dlq-replay", config.kafka.consumer_group),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer: StreamConsumer =
+        crate::kafka::client_config(&config.kafka.bootstrap_servers, &config.kafka.security)
+            .set(
+                "group.id",
+                format!("{}-dlq-replay", config.kafka.consumer_group),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
     let topic = &config.kafka.dlq_topic;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut ends = std::collections::BTreeMap::new();

@@ -22,7 +22,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -38,8 +38,7 @@ use crate::metrics::Metrics;
 
 /// Creates the group consumer (manual commits, from the earliest offset for a new group).
 pub fn build_consumer(config: &Config) -> Result<StreamConsumer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+    crate::kafka::client_config(&config.kafka.bootstrap_servers, &config.kafka.security)
         .set("group.id", &config.kafka.consumer_group)
         .set("client.id", &config.kafka.client_id)
         .set("enable.auto.commit", "false")

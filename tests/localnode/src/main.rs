@@ -294,39 +294,68 @@ impl LocalNode {
         let namespace = pod.namespace().unwrap_or_default();
         let dir = self.args.work_dir.join(&namespace).join(pod.name_any());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        // ConfigMap volumes become folders; paths in env and args are rewritten to them.
-        let mut rewrites: Vec<(String, String)> = Vec::new();
+        // ConfigMap and Secret volumes become folders (their `items`, or every key); paths in
+        // env, args and the ConfigMaps' files are rewritten to them, longest mount path first.
         let volumes = pod
             .spec
             .as_ref()
             .and_then(|s| s.volumes.clone())
             .unwrap_or_default();
+        let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
+        let mut rewrites: Vec<(String, String)> = Vec::new();
         for mount in container.volume_mounts.clone().unwrap_or_default() {
             let Some(volume) = volumes.iter().find(|v| v.name == mount.name) else {
                 continue;
             };
-            let Some(cm) = &volume.config_map else {
+            let (data, items) = if let Some(cm) = &volume.config_map {
+                let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
+                let data = maps
+                    .get(&cm.name)
+                    .await
+                    .with_context(|| format!("ConfigMap {}", cm.name))?
+                    .data
+                    .unwrap_or_default();
+                (data, cm.items.clone())
+            } else if let Some(secret) = &volume.secret {
+                let name = secret.secret_name.clone().unwrap_or_default();
+                let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+                let data = secrets
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("Secret {name}"))?
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect();
+                (data, secret.items.clone())
+            } else {
                 continue;
             };
-            let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
-            let data = maps
-                .get(&cm.name)
-                .await
-                .with_context(|| format!("ConfigMap {}", cm.name))?
-                .data
-                .unwrap_or_default();
             let local = dir.join(mount.name.clone());
             std::fs::create_dir_all(&local)?;
-            for (file, content) in data {
-                std::fs::write(local.join(file), content)?;
+            let chosen: Vec<(String, String)> = match items {
+                Some(items) => items.into_iter().map(|i| (i.key, i.path)).collect(),
+                None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+            };
+            for (key, path) in chosen {
+                let content = data
+                    .get(&key)
+                    .with_context(|| format!("volume {} has no key {key}", mount.name))?;
+                files.push((local.join(path), content.clone()));
             }
             rewrites.push((mount.mount_path.clone(), local.display().to_string()));
         }
+        rewrites.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
         let rewrite = |v: String| {
             rewrites
                 .iter()
                 .fold(v, |acc, (from, to)| acc.replace(from, to))
         };
+        for (path, content) in files {
+            std::fs::write(&path, rewrite(content))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         let mut env = BTreeMap::new();
         for e in container.env.clone().unwrap_or_default() {
             let value = match (e.value, e.value_from) {

@@ -10,10 +10,24 @@ use crate::process::{self, Server};
 use crate::setup::{Error, announce, cache_dir, pinned, require_file, scratch_dir};
 
 const COMPONENT: &str = "Kafka";
+/// The SASL user of the secured listeners (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512).
+pub const SASL_USER: &str = "audit";
+pub const SASL_PASSWORD: &str = "audit-secret";
+
+/// The broker's listeners besides the controller's, one per security protocol.
+#[derive(Clone, Copy, Debug)]
+struct Ports {
+    plaintext: u16,
+    sasl_ssl: u16,
+    sasl_plaintext: u16,
+    /// SSL with client certificates required.
+    mtls: u16,
+    controller: u16,
+}
 
 /// A Kafka broker on 127.0.0.1. Dropping an instance from [`Kafka::start`] stops it.
 pub struct Kafka {
-    port: u16,
+    ports: Ports,
     version: String,
     classpath: String,
     config: PathBuf,
@@ -31,10 +45,24 @@ impl Kafka {
         require_file(COMPONENT, libs.join(format!("kafka_2.13-{version}.jar")))?;
         let classpath = format!("{}/*", libs.display());
         let dir = scratch_dir("kafka")?;
-        let port = process::free_port()?;
-        let controller_port = process::free_port()?;
+        let ports = Ports {
+            plaintext: process::free_port()?,
+            sasl_ssl: process::free_port()?,
+            sasl_plaintext: process::free_port()?,
+            mtls: process::free_port()?,
+            controller: process::free_port()?,
+        };
+        let pki = crate::pki::pki();
+        let keystore = dir.join("server.pem");
+        let pem = [&pki.server.key, &pki.server.cert]
+            .iter()
+            .map(std::fs::read_to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::io("reading the test PKI".into(), e))?
+            .concat();
+        std::fs::write(&keystore, pem).map_err(|e| Error::io("writing server.pem".into(), e))?;
         let config = dir.join("server.properties");
-        std::fs::write(&config, properties(&dir, port, controller_port))
+        std::fs::write(&config, properties(&dir, ports, &keystore, &pki.ca.cert()))
             .map_err(|e| Error::io("writing server.properties".into(), e))?;
 
         let cluster_id = process::run(
@@ -62,11 +90,15 @@ impl Kafka {
                     "-c",
                     &config_arg,
                     "--standalone",
+                    "--add-scram",
+                    &format!("SCRAM-SHA-256=[name={SASL_USER},password={SASL_PASSWORD}]"),
+                    "--add-scram",
+                    &format!("SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}]"),
                 ],
             ),
         )?;
         let kafka = Kafka {
-            port,
+            ports,
             version,
             classpath,
             config,
@@ -92,7 +124,7 @@ impl Kafka {
         cmd.env("KAFKA_HEAP_OPTS", "-Xmx768m");
         let server = Server::spawn(COMPONENT, cmd, &dir.join("kafka.log"), libc::SIGTERM)?;
         let log = dir.join("kafka.log");
-        let port = self.port;
+        let port = self.ports.plaintext;
         server.wait_until(Duration::from_secs(90), "started", || {
             process::accepts(port)
                 && std::fs::read_to_string(&log)
@@ -127,9 +159,25 @@ impl Kafka {
         self.start_server()
     }
 
-    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    /// `127.0.0.1:PORT` of the PLAINTEXT listener, for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.ports.plaintext)
+    }
+
+    /// The SASL_SSL listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; the test PKI's server
+    /// certificate).
+    pub fn bootstrap_sasl_ssl(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.sasl_ssl)
+    }
+
+    /// The SASL_PLAINTEXT listener (the same mechanisms, no TLS).
+    pub fn bootstrap_sasl_plaintext(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.sasl_plaintext)
+    }
+
+    /// The SSL listener that requires a client certificate of the test PKI's CA.
+    pub fn bootstrap_mtls(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.mtls)
     }
 
     /// The Kafka release the broker runs.
@@ -160,16 +208,43 @@ fn java(classpath: &str, dir: &Path, main: &str, args: &[&str]) -> Command {
     cmd
 }
 
-fn properties(dir: &Path, port: u16, controller_port: u16) -> String {
+fn properties(dir: &Path, ports: Ports, keystore: &Path, ca: &Path) -> String {
+    let Ports {
+        plaintext,
+        sasl_ssl,
+        sasl_plaintext,
+        mtls,
+        controller,
+    } = ports;
+    let plain_users = format!(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required \
+         username=\"{SASL_USER}\" password=\"{SASL_PASSWORD}\" \
+         user_{SASL_USER}=\"{SASL_PASSWORD}\";"
+    );
+    let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+    let mut sasl = String::new();
+    for listener in ["sasl_ssl", "sasl_plaintext"] {
+        sasl.push_str(&format!(
+            "listener.name.{listener}.plain.sasl.jaas.config={plain_users}\n\
+             listener.name.{listener}.scram-sha-256.sasl.jaas.config={scram}\n\
+             listener.name.{listener}.scram-sha-512.sasl.jaas.config={scram}\n"
+        ));
+    }
     format!(
         "process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl},SASL_PLAINTEXT://127.0.0.1:{sasl_plaintext},MTLS://127.0.0.1:{mtls},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl},SASL_PLAINTEXT://127.0.0.1:{sasl_plaintext},MTLS://127.0.0.1:{mtls}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,MTLS:SSL
+controller.quorum.bootstrap.servers=127.0.0.1:{controller}
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+{sasl}ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={ca}
+listener.name.mtls.ssl.client.auth=required
 log.dirs={logs}
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -182,6 +257,8 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 delete.topic.enable=true
 ",
+        keystore = keystore.display(),
+        ca = ca.display(),
         logs = dir.join("data").display()
     )
 }

@@ -295,64 +295,16 @@ fn start_etcd(bin: &Path, dir: &Path) -> Result<(Server, String, String), Error>
 
 /// A throwaway CA, a serving certificate for 127.0.0.1, and the service-account signing key.
 fn make_pki(pki: &Path) -> Result<(), Error> {
-    let openssl = |args: &[&str]| {
-        let mut c = Command::new("openssl");
-        c.args(args).current_dir(pki);
-        process::run("openssl (test PKI)", c)
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        "/CN=audit-testenv-ca",
-        "-days",
-        "3650",
-    ])?;
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=kube-apiserver",
-    ])?;
-    std::fs::write(
-        pki.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n\
-         basicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth\n",
-    )
-    .map_err(|e| Error::io("writing server.ext".into(), e))?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "3650",
-        "-extfile",
-        "server.ext",
-    ])?;
-    openssl(&["genrsa", "-out", "sa.key", "2048"])?;
+    let ca = crate::pki::Ca::create(pki, "audit-testenv-ca")?;
+    ca.server(
+        "server",
+        "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+    )?;
+    let mut genrsa = Command::new("openssl");
+    genrsa
+        .args(["genrsa", "-out", "sa.key", "2048"])
+        .current_dir(pki);
+    process::run("openssl (test PKI)", genrsa)?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod http;
 mod kafka;
 mod kube;
 pub mod loadgen;
+pub mod pki;
 mod postgres;
 mod process;
 mod runtime;
@@ -27,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use build::workspace_binary;
-pub use kafka::Kafka;
+pub use kafka::{Kafka, SASL_PASSWORD, SASL_USER};
 pub use kube::Kube;
-pub use postgres::Postgres;
+pub use postgres::{CERT_ROLE, Postgres, TLS_ONLY_ROLE};
 pub use runtime::AuditManager;
 pub use setup::{Error, cache_dir};
 

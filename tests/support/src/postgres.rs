@@ -16,6 +16,11 @@ const COMPONENT: &str = "PostgreSQL";
 /// The superuser's name and password (password auth over TCP, as in a real deployment).
 pub const SUPERUSER: &str = "postgres";
 pub const SUPERUSER_PASSWORD: &str = "testenv-superuser";
+/// A role `pg_hba.conf` admits only over TLS (tests create it; plaintext is rejected).
+pub const TLS_ONLY_ROLE: &str = "audit_tls";
+/// A role admitted only over TLS with a client certificate whose common name is the role
+/// ([`crate::pki::CLIENT_CN`]), PostgreSQL's `cert` method.
+pub const CERT_ROLE: &str = crate::pki::CLIENT_CN;
 
 /// A PostgreSQL server on 127.0.0.1. Dropping an instance from [`Postgres::start`] stops it.
 pub struct Postgres {
@@ -28,8 +33,15 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Creates a new cluster and starts it on a free port.
+    /// Creates a new cluster and starts it on a free port, serving TLS with the test PKI's
+    /// certificate for 127.0.0.1 and localhost.
     pub fn start() -> Result<Postgres, Error> {
+        Postgres::start_with_cert(&crate::pki::pki().server)
+    }
+
+    /// As [`Postgres::start`], serving `server` (a certificate of the test PKI's CA): a
+    /// certificate for another name shows what a client does when the host name is wrong.
+    pub fn start_with_cert(server: &crate::pki::Issued) -> Result<Postgres, Error> {
         let bin = find_bin_dir()?;
         let run_as = unprivileged_user()?;
         let dir = scratch_dir("postgres")?;
@@ -55,6 +67,7 @@ impl Postgres {
             .current_dir(&dir);
         as_user(&mut initdb, run_as);
         process::run(COMPONENT, initdb)?;
+        tls_files(&data, server, run_as)?;
         let version = process::run(COMPONENT, {
             let mut c = Command::new(bin.join("postgres"));
             c.arg("--version");
@@ -92,6 +105,9 @@ impl Postgres {
             .arg(format!("unix_socket_directories={}", dir.display()))
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            // TLS on, with the test PKI's server certificate (127.0.0.1, localhost).
+            .args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt"])
+            .args(["-c", "ssl_key_file=server.key", "-c", "ssl_ca_file=ca.crt"])
             .current_dir(dir);
         as_user(&mut cmd, self.run_as);
         // SIGINT is PostgreSQL's fast shutdown: sessions end, the cluster stays consistent.
@@ -162,6 +178,39 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Copies the test PKI's server certificate, key and CA into the data directory (the key
+/// readable by the server's user only, as PostgreSQL demands), and puts the TLS-only rules at
+/// the top of `pg_hba.conf`.
+fn tls_files(
+    data: &Path,
+    server: &crate::pki::Issued,
+    run_as: Option<(u32, u32)>,
+) -> Result<(), Error> {
+    let pki = crate::pki::pki();
+    for (from, to, mode) in [
+        (&server.cert, "server.crt", 0o644),
+        (&server.key, "server.key", 0o600),
+        (&pki.ca.cert(), "ca.crt", 0o644),
+    ] {
+        let dest = data.join(to);
+        std::fs::copy(from, &dest).map_err(|e| Error::io(format!("copying {to}"), e))?;
+        set_mode(&dest, mode)?;
+        if let Some((uid, gid)) = run_as {
+            chown(&dest, uid, gid)?;
+        }
+    }
+    let hba = data.join("pg_hba.conf");
+    let rest =
+        std::fs::read_to_string(&hba).map_err(|e| Error::io("reading pg_hba.conf".into(), e))?;
+    let rules = format!(
+        "hostnossl all {TLS_ONLY_ROLE} 127.0.0.1/32 reject\n\
+         hostssl all {CERT_ROLE} 127.0.0.1/32 cert\n\
+         host all {CERT_ROLE} 127.0.0.1/32 reject\n"
+    );
+    std::fs::write(&hba, rules + &rest).map_err(|e| Error::io("writing pg_hba.conf".into(), e))?;
+    Ok(())
 }
 
 fn find_bin_dir() -> Result<PathBuf, Error> {

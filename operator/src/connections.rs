@@ -1,0 +1,166 @@
+//! The TLS and SASL material the spec references, read from Secrets and ConfigMaps of the
+//! resource's namespace. The operator's own connections (provisioning, topic admin, lag,
+//! teardown) use it in memory with the runtime's settings (`build::runtime_config`); runtime
+//! pods and the CronJob mount the same objects read-only (`build::tls_volumes`), and its
+//! checksum in the pod template rolls them when a referenced Secret changes.
+
+use std::collections::BTreeMap;
+
+use audit_manager::config::{DatabaseConfig, KafkaSecurityConfig};
+use audit_manager_crds::{AuditManager, CaRef, CaSource, CertSecretRef};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+
+use crate::build;
+use crate::status::Problem;
+
+/// The settings of the operator's own connections, with the referenced material in memory.
+#[derive(Clone, Debug)]
+pub struct Connections {
+    /// Server, port and TLS (no user or password).
+    pub database: DatabaseConfig,
+    pub kafka_bootstrap: String,
+    pub kafka: KafkaSecurityConfig,
+    /// A checksum of every referenced key's content.
+    pub hash: String,
+}
+
+/// Reads everything the spec references; a missing object or key is named in the Problem.
+pub async fn resolve(client: &Client, am: &AuditManager) -> Result<Connections, Problem> {
+    let mut r = Reader {
+        client,
+        namespace: am.namespace().unwrap_or_default(),
+        read: BTreeMap::new(),
+    };
+    let config = build::runtime_config(am);
+    let spec = &am.spec;
+    let mut database = config.database.clone();
+    database.sslrootcert.clear();
+    database.sslcert.clear();
+    database.sslkey.clear();
+    database.user.clear();
+    database.password.clear();
+    if let Some(ca) = &spec.database.ca_ref {
+        database.sslrootcert_pem = Some(r.ca(ca, "spec.database.caRef").await?);
+    }
+    if let Some(cert) = &spec.database.client_cert_secret_ref {
+        let (crt, key) = r.cert(cert, "spec.database.clientCertSecretRef").await?;
+        database.sslcert_pem = Some(crt);
+        database.sslkey_pem = Some(key);
+    }
+    let mut kafka = config.kafka.security.clone();
+    kafka.sasl_password_file.clear();
+    kafka.ssl_ca_file.clear();
+    kafka.ssl_cert_file.clear();
+    kafka.ssl_key_file.clear();
+    let security = &spec.kafka.security;
+    if let Some(sasl) = &security.sasl {
+        let p = &sasl.password_secret_ref;
+        kafka.sasl_password = r
+            .secret_key(
+                &p.name,
+                &p.key,
+                "spec.kafka.security.sasl.passwordSecretRef",
+            )
+            .await?;
+    }
+    if let Some(ca) = &security.ca_ref {
+        kafka.ssl_ca_pem = Some(r.ca(ca, "spec.kafka.security.caRef").await?);
+    }
+    if let Some(cert) = &security.client_cert_secret_ref {
+        let (crt, key) = r
+            .cert(cert, "spec.kafka.security.clientCertSecretRef")
+            .await?;
+        kafka.ssl_cert_pem = Some(crt);
+        kafka.ssl_key_pem = Some(key);
+    }
+    Ok(Connections {
+        database,
+        kafka_bootstrap: spec.kafka.bootstrap_servers.clone(),
+        kafka,
+        hash: build::hash(format!("{:?}", r.read).as_bytes()),
+    })
+}
+
+/// Reads keys of Secrets and ConfigMaps, remembering what it read for the checksum.
+struct Reader<'a> {
+    client: &'a Client,
+    namespace: String,
+    read: BTreeMap<String, String>,
+}
+
+impl Reader<'_> {
+    async fn ca(&mut self, r: &CaRef, field: &str) -> Result<String, Problem> {
+        match r.kind {
+            CaSource::Secret => self.secret_key(&r.name, &r.key, field).await,
+            CaSource::ConfigMap => self.config_map_key(&r.name, &r.key, field).await,
+        }
+    }
+
+    async fn cert(&mut self, r: &CertSecretRef, field: &str) -> Result<(String, String), Problem> {
+        Ok((
+            self.secret_key(&r.name, &r.cert_key, field).await?,
+            self.secret_key(&r.name, &r.key_key, field).await?,
+        ))
+    }
+
+    async fn secret_key(&mut self, name: &str, key: &str, field: &str) -> Result<String, Problem> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let secret = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error("Secret", name, e))?
+            .ok_or_else(|| self.missing("Secret", name, key, field, false))?;
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| self.missing("Secret", name, key, field, true))?;
+        self.read
+            .insert(format!("Secret/{name}/{key}"), value.clone());
+        Ok(value)
+    }
+
+    async fn config_map_key(
+        &mut self,
+        name: &str,
+        key: &str,
+        field: &str,
+    ) -> Result<String, Problem> {
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let map = maps
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error("ConfigMap", name, e))?
+            .ok_or_else(|| self.missing("ConfigMap", name, key, field, false))?;
+        let value = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
+            .ok_or_else(|| self.missing("ConfigMap", name, key, field, true))?;
+        self.read
+            .insert(format!("ConfigMap/{name}/{key}"), value.clone());
+        Ok(value)
+    }
+
+    fn missing(&self, kind: &str, name: &str, key: &str, field: &str, exists: bool) -> Problem {
+        let ns = &self.namespace;
+        Problem::new(
+            "ConnectionSecretMissing",
+            if exists {
+                format!("{kind} {ns}/{name} ({field}) has no key `{key}`")
+            } else {
+                format!("{kind} {ns}/{name} ({field}) does not exist")
+            },
+        )
+    }
+}
+
+fn api_error(kind: &str, name: &str, e: kube::Error) -> Problem {
+    Problem::new("KubernetesApiError", format!("reading {kind} {name}: {e}"))
+}
