@@ -1,6 +1,8 @@
 //! The whole system on one machine: kube-apiserver + kube-controller-manager, the local node
 //! running runtime pods as processes, the operator's controller loop, PostgreSQL and Kafka.
-//! Events POSTed to a runtime pod become rows; the resource turns Ready with lag 0.
+//! With TLS everywhere (PostgreSQL verify-full with a CloudNativePG-style CA Secret, Kafka
+//! SASL_SSL with SCRAM-SHA-512 from Strimzi-style Secrets), events POSTed to a runtime pod
+//! become rows, the resource turns Ready with lag 0, and deleting it tears everything down.
 
 mod common;
 
@@ -53,10 +55,41 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
             .spawn()
             .expect("start the local node"),
     );
-    let f = Fixture::new_on(
+    let (pg, kafka) = (audit_testenv::postgres(), audit_testenv::kafka());
+    let name = common::unique("audit");
+    let f = Fixture::new_named(
         kube,
-        true,
-        json!({"autoscaling": {"enabled": false}, "replicas": 2, "lagThreshold": 0}),
+        &name,
+        json!({"autoscaling": {"enabled": false}, "replicas": 2, "lagThreshold": 0,
+        "database": {"host": pg.host(), "port": pg.port(), "adminSecretRef": {"name": "pg-admin"},
+                     "sslMode": "verify-full", "caRef": {"name": "pg-cluster-ca"}},
+        "kafka": {
+            "bootstrapServers": kafka.bootstrap_sasl_ssl(),
+            "eventsTopic": {"name": format!("{name}.events"), "partitions": 3},
+            "dlqTopic": {"name": format!("{name}.dlq"), "partitions": 1},
+            "consumerGroup": format!("{name}-group"),
+            "security": {
+                "protocol": "SASL_SSL",
+                "sasl": {"mechanism": "SCRAM-SHA-512", "username": audit_testenv::SASL_USER,
+                         "passwordSecretRef": {"name": "audit-kafka-user"}},
+                "caRef": {"name": "my-cluster-cluster-ca-cert"},
+            },
+        }}),
+    )
+    .await;
+    // What CloudNativePG and Strimzi create, by the names they give them.
+    let ca = audit_testenv::pki::read(&audit_testenv::pki::pki().ca.cert());
+    common::create_secret(&f, "pg-cluster-ca", json!({"ca.crt": ca})).await;
+    common::create_secret(
+        &f,
+        "my-cluster-cluster-ca-cert",
+        json!({"ca.crt": ca, "ca.p12": "", "ca.password": ""}),
+    )
+    .await;
+    common::create_secret(
+        &f,
+        "audit-kafka-user",
+        json!({"password": audit_testenv::SASL_PASSWORD, "sasl.jaas.config": "unused here"}),
     )
     .await;
     let ctx = Arc::new(Ctx::new(
@@ -166,7 +199,46 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
+    // The conditions say what protects each connection.
+    let am = api.get(&f.name).await.expect("get");
+    let (_, _, database) = condition(&am, "DatabaseReady");
+    assert!(
+        database.contains("verified against the CA and the host name"),
+        "{database}"
+    );
+    let (_, _, topics) = condition(&am, "TopicsReady");
+    assert!(
+        topics.contains("SASL_SSL: encrypted") && topics.contains("SASL SCRAM-SHA-512 as audit"),
+        "{topics}"
+    );
+
     pod_deleted_while_events_are_posted(&f, &pods, &pool).await;
+
+    // Deleting the resource tears everything down over the same secured connections.
+    pool.close().await;
+    api.delete(&f.name, &Default::default())
+        .await
+        .expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while api.get_opt(&f.name).await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the resource was not gone in time"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let admin = sqlx::PgPool::connect(&pg.superuser_url("postgres"))
+        .await
+        .expect("superuser");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(f.database())
+        .fetch_one(&admin)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "the database was dropped");
+    for topic in [format!("{name}.events"), format!("{name}.dlq")] {
+        assert_eq!(common::topic_partitions(&topic), 0, "{topic} was deleted");
+    }
     operator.abort();
     drop(node);
 }

@@ -47,6 +47,14 @@ provision_postgres() {
   command -v openssl >/dev/null || apt_install openssl
 }
 
+# ---- Rust build tools -----------------------------------------------------------------------
+# librdkafka is linked with OpenSSL built from source (the openssl-src crate), so no image
+# needs a system OpenSSL: its Configure needs a full perl and make.
+provision_build() {
+  perl -MFindBin -MIPC::Cmd -MFile::Compare -e1 2>/dev/null || apt_install perl
+  command -v make >/dev/null || apt_install make
+}
+
 # ---- Kafka ----------------------------------------------------------------------------------
 provision_kafka() {
   local java_major=0
@@ -111,13 +119,14 @@ provision_kube() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(postgres kafka kube)
+[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube)
 for c in "${components[@]}"; do
   case "$c" in
+    build) provision_build ;;
     postgres) provision_postgres ;;
     kafka) provision_kafka ;;
     kube) provision_kube ;;
-    *) die "unknown component '$c' (expected postgres, kafka or kube)" ;;
+    *) die "unknown component '$c' (expected build, postgres, kafka or kube)" ;;
   esac
 done
 step "test environment provisioned in $cache"

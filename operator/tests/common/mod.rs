@@ -68,6 +68,21 @@ impl Fixture {
         with_admin_secret: bool,
         spec_extra: Value,
     ) -> Fixture {
+        Fixture::create(kube, with_admin_secret, &unique("audit"), spec_extra).await
+    }
+
+    /// A resource named `name` (so the spec can name its topics after it), with the admin
+    /// Secret.
+    pub async fn new_named(kube: &audit_testenv::Kube, name: &str, spec_extra: Value) -> Fixture {
+        Fixture::create(kube, true, name, spec_extra).await
+    }
+
+    async fn create(
+        kube: &audit_testenv::Kube,
+        with_admin_secret: bool,
+        name: &str,
+        spec_extra: Value,
+    ) -> Fixture {
         let client = kube.client().await;
         install(&client).await;
         let namespace = unique("ns");
@@ -83,7 +98,7 @@ impl Fixture {
         }
         let pg = audit_testenv::postgres();
         let kafka = audit_testenv::kafka();
-        let name = unique("audit");
+        let name = name.to_string();
         let mut spec = json!({
             "database": {"host": pg.host(), "port": pg.port(), "sslMode": "disable",
                          "adminSecretRef": {"name": "pg-admin"}},
@@ -178,6 +193,24 @@ impl Fixture {
     pub fn database(&self) -> String {
         self.name.replace('-', "_")
     }
+}
+
+/// Creates (or replaces) a Secret of the fixture's namespace from string data.
+pub async fn create_secret(f: &Fixture, name: &str, string_data: Value) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": string_data,
+    }))
+    .expect("secret");
+    f.api::<Secret>()
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Secret",
+                                  "metadata": {"name": name}, "stringData": secret.string_data})),
+        )
+        .await
+        .expect("apply secret");
 }
 
 pub async fn create_admin_secret(client: &Client, namespace: &str) {
