@@ -856,7 +856,77 @@ mod tests {
                       "placement": {"nodeSelector": {"disk": "ssd"}, "priorityClassName": "high",
                                     "podLabels": {"team": "g2p"}, "podAnnotations": {"a": "b"}}}),
             ),
+            tls_everywhere(),
         ]
+    }
+
+    /// CloudNativePG's CA Secret and a client certificate; Strimzi's SCRAM user, a CA from a
+    /// ConfigMap, and a TLS user's certificate.
+    fn tls_everywhere() -> AuditManager {
+        am(json!({
+            "database": {"host": "pg-rw.db.svc", "adminSecretRef": {"name": "admin"},
+                         "sslMode": "verify-full", "caRef": {"name": "pg-ca"},
+                         "clientCertSecretRef": {"name": "pg-client"}},
+            "kafka": {"bootstrapServers": "k:9093", "security": {
+                "protocol": "SASL_SSL",
+                "sasl": {"mechanism": "SCRAM-SHA-256", "username": "audit",
+                         "passwordSecretRef": {"name": "audit-user"}},
+                "caRef": {"kind": "ConfigMap", "name": "kafka-ca", "key": "bundle.pem"},
+                "clientCertSecretRef": {"name": "audit-user", "certKey": "user.crt", "keyKey": "user.key"}}}
+        }))
+    }
+
+    #[test]
+    fn tls_material_is_mounted_read_only_where_the_config_points() {
+        let a = tls_everywhere();
+        let c = runtime_config(&a);
+        let (volumes, mounts) = volumes(&a, &Names::of("prod-audit"));
+        let s = &c.kafka.security;
+        assert_eq!(
+            (s.protocol.as_str(), s.sasl_mechanism.as_str()),
+            ("sasl_ssl", "SCRAM-SHA-256")
+        );
+        // Each configured file is (volume folder, file), and the volume maps the referenced
+        // object's key to that file.
+        let expected = [
+            (&c.database.sslrootcert, "pg-ca", "ca.crt"),
+            (&c.database.sslcert, "pg-client", "tls.crt"),
+            (&c.database.sslkey, "pg-client", "tls.key"),
+            (&s.sasl_password_file, "audit-user", "password"),
+            (&s.ssl_ca_file, "kafka-ca", "bundle.pem"),
+            (&s.ssl_cert_file, "audit-user", "user.crt"),
+            (&s.ssl_key_file, "audit-user", "user.key"),
+        ];
+        for (path, object, key) in expected {
+            let (folder, file) = path.rsplit_once('/').expect("a path");
+            let mount = mounts
+                .iter()
+                .find(|m| m["mountPath"] == folder)
+                .unwrap_or_else(|| panic!("{folder} is mounted"));
+            assert_eq!(mount["readOnly"], true);
+            let volume = volumes
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .expect("its volume");
+            let source = volume
+                .get("secret")
+                .or_else(|| volume.get("configMap"))
+                .expect("a Secret or ConfigMap");
+            let name = source.get("secretName").or_else(|| source.get("name"));
+            assert_eq!(name, Some(&json!(object)), "{path}");
+            assert!(
+                source["items"]
+                    .as_array()
+                    .is_some_and(|i| i.contains(&json!({"key": key, "path": file}))),
+                "{path}: {source}"
+            );
+        }
+        // Secret files are readable by the runtime's group only.
+        let pod_security = pod_security();
+        assert_eq!(pod_security["fsGroup"], RUNTIME_UID);
+        // Nothing is mounted that the spec does not reference.
+        assert_eq!(volumes.len(), 6);
+        assert_eq!(super::volumes(&am(json!({})), &Names::of("x")).0.len(), 1);
     }
 
     #[test]
@@ -885,10 +955,15 @@ mod tests {
 
     #[test]
     fn the_runtime_loads_exactly_what_the_operator_renders() {
+        // The mounted material, as a pod sees it (the SASL password is read at load).
+        let mounted = tempfile::tempdir().expect("temp dir");
+        let root = mounted.path().display().to_string();
+        std::fs::create_dir_all(mounted.path().join("kafka-sasl")).expect("mkdir");
+        std::fs::write(mounted.path().join("kafka-sasl/password"), "pw\n").expect("write");
         for a in specs() {
             let file = tempfile::NamedTempFile::new().expect("temp file");
-            std::fs::write(file.path(), runtime_config_file(&a).expect("config file"))
-                .expect("write");
+            let rendered = runtime_config_file(&a).expect("config file");
+            std::fs::write(file.path(), rendered.replace(TLS_DIR, &root)).expect("write");
             let env = std::collections::BTreeMap::from([
                 (
                     runtime::CONFIG_PATH_VAR.to_string(),
@@ -898,8 +973,8 @@ mod tests {
             ]);
             let loaded = Config::load_from(&env).expect("the runtime accepts the rendered file");
             assert_eq!(
-                loaded.without_secrets(),
-                runtime_config(&a).without_secrets()
+                loaded.without_secrets().to_string().replace(&root, TLS_DIR),
+                runtime_config(&a).without_secrets().to_string()
             );
             assert_eq!(loaded.database.password, "pw");
             assert_eq!(loaded.server.port, runtime::DEFAULT_PORT);

@@ -1003,4 +1003,77 @@ mod tests {
         keys(&documented, "", &mut have);
         assert_eq!(have, want, "every key appears in config/default.yaml");
     }
+
+    fn error_text(pairs: &[(&str, &str)]) -> String {
+        Config::load_from(&env(pairs))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn kafka_security_mistakes_are_refused_by_key() {
+        let e = error_text(&[("AUDIT_MANAGER__KAFKA__SECURITY__PROTOCOL", "SASL-SSL")]);
+        assert!(e.contains("kafka.security.protocol"), "{e}");
+        let e = error_text(&[("AUDIT_MANAGER__KAFKA__SECURITY__PROTOCOL", "sasl_ssl")]);
+        assert!(e.contains("kafka.security.sasl_username"), "{e}");
+        let e = error_text(&[
+            ("AUDIT_MANAGER__KAFKA__SECURITY__PROTOCOL", "sasl_ssl"),
+            ("AUDIT_MANAGER__KAFKA__SECURITY__SASL_USERNAME", "u"),
+        ]);
+        assert!(e.contains("kafka.security.sasl_password_file"), "{e}");
+        let e = error_text(&[
+            ("AUDIT_MANAGER__KAFKA__SECURITY__PROTOCOL", "sasl_ssl"),
+            ("AUDIT_MANAGER__KAFKA__SECURITY__SASL_USERNAME", "u"),
+            ("AUDIT_MANAGER__KAFKA__SECURITY__SASL_PASSWORD", "p"),
+            ("AUDIT_MANAGER__KAFKA__SECURITY__SASL_MECHANISM", "GSSAPI"),
+        ]);
+        assert!(e.contains("kafka.security.sasl_mechanism"), "{e}");
+        // TLS material with a cleartext protocol would be silently unused.
+        let e = error_text(&[("AUDIT_MANAGER__KAFKA__SECURITY__SSL_CA_FILE", "/ca.crt")]);
+        assert!(
+            e.contains("kafka.security.ssl_ca_file") && e.contains("does not use TLS"),
+            "{e}"
+        );
+        let e = error_text(&[
+            ("AUDIT_MANAGER__KAFKA__SECURITY__PROTOCOL", "ssl"),
+            ("AUDIT_MANAGER__KAFKA__SECURITY__SSL_CERT_FILE", "/tls.crt"),
+        ]);
+        assert!(e.contains("kafka.security.ssl_key_file"), "{e}");
+        let e = error_text(&[
+            ("AUDIT_MANAGER__KAFKA__SECURITY__PROTOCOL", "sasl_plaintext"),
+            ("AUDIT_MANAGER__KAFKA__SECURITY__SASL_USERNAME", "u"),
+            (
+                "AUDIT_MANAGER__KAFKA__SECURITY__SASL_PASSWORD_FILE",
+                "/nowhere/password",
+            ),
+        ]);
+        assert!(e.contains("/nowhere/password"), "{e}");
+    }
+
+    #[test]
+    fn database_tls_mistakes_are_refused_by_key() {
+        let e = error_text(&[("AUDIT_MANAGER__DATABASE__SSLMODE", "verify-ca")]);
+        assert!(e.contains("database.sslrootcert"), "{e}");
+        let e = error_text(&[("AUDIT_MANAGER__DATABASE__SSLCERT", "/tls.crt")]);
+        assert!(e.contains("database.sslkey"), "{e}");
+        let e = error_text(&[("AUDIT_MANAGER__DATABASE__SSLMODE", "allow")]);
+        assert!(e.contains("database.sslmode"), "{e}");
+    }
+
+    #[test]
+    fn the_sasl_password_is_read_from_its_file_and_never_shown() {
+        let f = yaml_file("s3cret-pw\n");
+        let path = f.path().to_string_lossy().to_string();
+        let c = Config::load_from(&env(&[
+            ("AUDIT_MANAGER__KAFKA__SECURITY__PROTOCOL", "sasl_ssl"),
+            ("AUDIT_MANAGER__KAFKA__SECURITY__SASL_USERNAME", "audit"),
+            ("AUDIT_MANAGER__KAFKA__SECURITY__SASL_PASSWORD_FILE", &path),
+        ]))
+        .expect("load");
+        assert_eq!(c.kafka.security.sasl_password, "s3cret-pw");
+        let shown = c.redacted().to_string();
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        let rendered = c.without_secrets().to_string();
+        assert!(!rendered.contains("s3cret-pw"), "{rendered}");
+    }
 }

@@ -174,3 +174,33 @@ pub fn ident(name: &str) -> String {
 pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(sslmode: &str, ca: bool) -> Result<PgSslMode, DbError> {
+        ssl_mode(&DatabaseConfig {
+            sslmode: sslmode.into(),
+            sslrootcert: if ca { "/ca.crt".into() } else { String::new() },
+            ..DatabaseConfig::default()
+        })
+    }
+
+    #[test]
+    fn ssl_modes_follow_libpq() {
+        assert!(matches!(mode("require", false), Ok(PgSslMode::Require)));
+        // A root certificate makes require check the chain.
+        assert!(matches!(mode("require", true), Ok(PgSslMode::VerifyCa)));
+        assert!(matches!(mode("verify-ca", true), Ok(PgSslMode::VerifyCa)));
+        assert!(matches!(mode("verify-ca", false), Err(DbError::Invalid(_))));
+        assert!(matches!(
+            mode("verify-full", false),
+            Ok(PgSslMode::VerifyFull)
+        ));
+        assert!(matches!(mode("allow", false), Err(DbError::Invalid(_))));
+        assert!(matches!(mode("on", false), Err(DbError::Invalid(_))));
+        assert!(protection(PgSslMode::Prefer, false).starts_with("NOT encrypted"));
+        assert!(protection(PgSslMode::Require, true).contains("NOT verified"));
+    }
+}

@@ -78,3 +78,64 @@ pub fn protection(security: &KafkaSecurityConfig) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(c: &ClientConfig) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = c
+            .config_map()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn plaintext_sets_no_tls_or_sasl() {
+        let c = client_config("b:9092", &KafkaSecurityConfig::default());
+        assert_eq!(
+            settings(&c),
+            [
+                ("bootstrap.servers".into(), "b:9092".into()),
+                ("security.protocol".into(), "plaintext".into())
+            ]
+        );
+        assert!(protection(&KafkaSecurityConfig::default()).contains("NOT encrypted"));
+    }
+
+    #[test]
+    fn sasl_ssl_with_files_and_without_a_ca() {
+        let mut s = KafkaSecurityConfig {
+            protocol: "sasl_ssl".into(),
+            sasl_mechanism: "SCRAM-SHA-256".into(),
+            sasl_username: "audit".into(),
+            sasl_password: "pw".into(),
+            ..KafkaSecurityConfig::default()
+        };
+        let c = client_config("b:9093", &s);
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(c.get("sasl.password"), Some("pw"));
+        // No CA: the system trust store, found wherever this image keeps it.
+        assert_eq!(c.get("ssl.ca.location"), Some("probe"));
+        assert_eq!(
+            c.get("ssl.endpoint.identification.algorithm"),
+            Some("https")
+        );
+        s.ssl_ca_file = "/ca.crt".into();
+        s.ssl_cert_file = "/tls.crt".into();
+        s.ssl_key_file = "/tls.key".into();
+        let c = client_config("b:9093", &s);
+        assert_eq!(c.get("ssl.ca.location"), Some("/ca.crt"));
+        assert_eq!(c.get("ssl.certificate.location"), Some("/tls.crt"));
+        assert_eq!(c.get("ssl.key.location"), Some("/tls.key"));
+        // In-memory material (the operator's) wins over files.
+        s.ssl_ca_pem = Some("PEM".into());
+        let c = client_config("b:9093", &s);
+        assert_eq!(c.get("ssl.ca.pem"), Some("PEM"));
+        assert_eq!(c.get("ssl.ca.location"), None);
+        assert!(protection(&s).starts_with("SASL_SSL: encrypted"));
+    }
+}

@@ -8,6 +8,9 @@
 //! The end-to-end rate and its ceiling are taken as a pair, back to back, `--rounds` times
 //! (default 3), and the median ratio is reported: this VM's speed drifts from minute to
 //! minute, and a ratio of two rates taken minutes apart measures the drift as much as the sink.
+//! Each round also runs the same pair through a second runtime with TLS on both connections
+//! (PostgreSQL verify-full, Kafka SASL_SSL with SCRAM-SHA-512): the two median ratios give
+//! what TLS costs.
 //!
 //! Usage: bench-sink [--rows N] [--seconds N] [--rate EVENTS_PER_S] [--rounds N]
 
@@ -274,17 +277,22 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
         ));
     }
     let writer = format!("{DATABASE}_writer");
-    let mut conn = PgConnection::connect(&pg.url(&writer, PASSWORD, DATABASE))
-        .await
-        .map_err(|e| format!("connecting as the writer: {e}"))?;
+    // The measuring connections stay in cleartext, as the ceiling always was.
+    let mut conn = PgConnection::connect(&format!(
+        "{}?sslmode=disable",
+        pg.url(&writer, PASSWORD, DATABASE)
+    ))
+    .await
+    .map_err(|e| format!("connecting as the writer: {e}"))?;
     println!(
         "PostgreSQL {} (shared_buffers 4GB) and Apache Kafka {} on 127.0.0.1; the generator, runtime, broker and database share the machine's cores",
         pg.version(),
         kafka.version()
     );
-    let mut admin = PgConnection::connect(&pg.superuser_url(DATABASE))
-        .await
-        .map_err(|e| format!("connecting as superuser: {e}"))?;
+    let mut admin =
+        PgConnection::connect(&format!("{}?sslmode=disable", pg.superuser_url(DATABASE)))
+            .await
+            .map_err(|e| format!("connecting as superuser: {e}"))?;
 
     create_topic(&kafka.bootstrap(), "openg2p.audit.events", 12).await;
     create_topic(&kafka.bootstrap(), "openg2p.audit.dlq", 1).await;
@@ -372,26 +380,66 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
     let mut client = HttpClient::connect(&address)
         .await
         .map_err(|e| e.to_string())?;
+    // The same pipeline with TLS on both connections: PostgreSQL verify-full, Kafka SASL_SSL
+    // with SCRAM-SHA-512 (its own topics and group, so the two never share work).
+    create_topic(&kafka.bootstrap(), "openg2p.audit.events.tls", 12).await;
+    create_topic(&kafka.bootstrap(), "openg2p.audit.dlq.tls", 1).await;
+    let tls = AuditManager::start(&binary, &["serve"], &tls_env(env.clone(), kafka))
+        .map_err(|e| e.to_string())?;
+    let tls_address = tls.address();
+    let mut tls_client = HttpClient::connect(&tls_address)
+        .await
+        .map_err(|e| e.to_string())?;
 
     // End to end, then the ceiling for the very rows it stored, back to back: a pair taken
-    // minutes apart would compare two different speeds of this VM.
+    // minutes apart would compare two different speeds of this VM. Each round runs the
+    // plaintext pipeline, then the TLS one.
     let mut ratios = Vec::new();
+    let mut tls_ratios = Vec::new();
     let mut ceilings = Vec::new();
     let mut sent = 0;
     for round in 1..=rounds {
-        let (e2e, ceiling, n) =
-            end_to_end_and_ceiling(round, &address, &mut client, &mut conn, &mut admin, seconds)
-                .await?;
+        let (e2e, ceiling, n) = end_to_end_and_ceiling(
+            &format!("e2e{round}"),
+            &address,
+            &mut client,
+            &mut conn,
+            &mut admin,
+            seconds,
+        )
+        .await?;
         sent = n;
         ratios.push(e2e / ceiling);
         ceilings.push(ceiling);
+        let (tls_e2e, tls_ceiling, _) = end_to_end_and_ceiling(
+            &format!("tls{round}"),
+            &tls_address,
+            &mut tls_client,
+            &mut conn,
+            &mut admin,
+            seconds,
+        )
+        .await?;
+        tls_ratios.push(tls_e2e / tls_ceiling);
         println!(
-            "{:<34} round {round}: end to end {:.0}% of the raw ceiling",
+            "{:<34} round {round}: end to end {:.0}% of the raw ceiling in plaintext, {:.0}% with TLS on both connections",
             "ratio",
             100.0 * e2e / ceiling,
+            100.0 * tls_e2e / tls_ceiling,
         );
     }
+    drop(tls_client);
+    drop(tls);
     ratios.sort_by(f64::total_cmp);
+    tls_ratios.sort_by(f64::total_cmp);
+    let (plain, secured) = (ratios[ratios.len() / 2], tls_ratios[tls_ratios.len() / 2]);
+    println!(
+        "{:<34} end to end with TLS (PostgreSQL verify-full, Kafka SASL_SSL SCRAM-SHA-512): median {:.0}% of the raw ceiling against {:.0}% in plaintext: TLS costs {:.1}% of the end-to-end rate (target < 15%)",
+        "ratio",
+        100.0 * secured,
+        100.0 * plain,
+        100.0 * (1.0 - secured / plain),
+    );
     ceilings.sort_by(f64::total_cmp);
     println!(
         "{:<34} end to end / raw ceiling over {rounds} round(s): median {:.0}%, lowest {:.0}%, highest {:.0}%; sink only {:.0}% of the median ceiling (measured before the rounds)",
@@ -465,7 +513,7 @@ async fn bench(binary: PathBuf, pg: &Postgres, kafka: &Kafka) -> Result<(), Stri
 /// rate), then those rows read back and COPYed again into the emptied table (the ceiling).
 /// Returns both rates and the events sent.
 async fn end_to_end_and_ceiling(
-    round: u64,
+    run: &str,
     address: &str,
     client: &mut HttpClient,
     conn: &mut PgConnection,
@@ -476,14 +524,13 @@ async fn end_to_end_and_ceiling(
     let before = metric(client, "audit_sink_rows_written_total").await;
     let cpu = Cpu::now();
     let started = Instant::now();
-    let run = format!("e2e{round}");
     let statements = metric(client, "audit_sink_batch_size_count").await;
-    let sent = run_phase(&run, address, 8, seconds, None, Some(500)).await;
+    let sent = run_phase(run, address, 8, seconds, None, Some(500)).await;
     let done = wait_rows(
         client,
         before,
         conn,
-        &run,
+        run,
         sent as i64,
         Duration::from_secs(300),
     )
@@ -522,6 +569,36 @@ async fn end_to_end_and_ceiling(
         sent as f64 / statements.max(1.0)
     );
     Ok((e2e, ceiling, sent))
+}
+
+/// The runtime's environment with TLS on both connections and its own topics and group.
+fn tls_env(mut env: Vec<(String, String)>, kafka: &Kafka) -> Vec<(String, String)> {
+    let ca = audit_testenv::pki::pki().ca.cert().display().to_string();
+    let set = [
+        ("DATABASE__SSLMODE", "verify-full".to_string()),
+        ("DATABASE__SSLROOTCERT", ca.clone()),
+        ("KAFKA__BOOTSTRAP_SERVERS", kafka.bootstrap_sasl_ssl()),
+        ("KAFKA__TOPIC", "openg2p.audit.events.tls".into()),
+        ("KAFKA__DLQ_TOPIC", "openg2p.audit.dlq.tls".into()),
+        ("KAFKA__CONSUMER_GROUP", "openg2p-audit-consumer-tls".into()),
+        ("KAFKA__SECURITY__PROTOCOL", "sasl_ssl".into()),
+        ("KAFKA__SECURITY__SASL_MECHANISM", "SCRAM-SHA-512".into()),
+        (
+            "KAFKA__SECURITY__SASL_USERNAME",
+            audit_testenv::SASL_USER.into(),
+        ),
+        (
+            "KAFKA__SECURITY__SASL_PASSWORD",
+            audit_testenv::SASL_PASSWORD.into(),
+        ),
+        ("KAFKA__SECURITY__SSL_CA_FILE", ca),
+    ];
+    for (key, value) in set {
+        let var = format!("AUDIT_MANAGER__{key}");
+        env.retain(|(k, _)| *k != var);
+        env.push((var, value));
+    }
+    env
 }
 
 /// Empties `audit_events` between phases (as superuser, through the owner's maintenance
