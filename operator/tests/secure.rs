@@ -4,6 +4,7 @@
 
 mod common;
 
+use audit_manager_crds::AuditManager;
 use audit_testenv::pki::{pki, read};
 use common::{Fixture, condition, create_secret};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -149,4 +150,68 @@ async fn unverified_and_missing_material_are_said_plainly() {
         message.contains("nowhere") && message.contains("spec.database.caRef"),
         "{message}"
     );
+}
+
+/// The production example (CloudNativePG + Strimzi) is valid as written, and the CRD refuses
+/// TLS and SASL settings that could not work, with a message naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crd_accepts_the_production_example_and_refuses_what_cannot_work() {
+    let f = Fixture::new(true, json!({})).await;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/auditmanager-production.yaml"
+    ))
+    .expect("the production example");
+    let documents: Vec<Value> = text
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str(d).expect("YAML"))
+        .collect();
+    let example = documents
+        .iter()
+        .find(|d| d["kind"] == "AuditManager")
+        .expect("an AuditManager");
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let create = |spec: Value| {
+        let api = f.api::<AuditManager>();
+        let dry_run = dry_run.clone();
+        async move {
+            let am: AuditManager = serde_json::from_value(json!({
+                "apiVersion": "audit.openg2p.org/v1alpha1", "kind": "AuditManager",
+                "metadata": {"name": "example"}, "spec": spec,
+            }))
+            .expect("parses as the Rust type");
+            api.create(&dry_run, &am).await
+        }
+    };
+    create(example["spec"].clone())
+        .await
+        .expect("the production example is accepted as written");
+    let mut spec = example["spec"].clone();
+    spec["kafka"]["security"]["protocol"] = json!("SSL");
+    let e = create(spec)
+        .await
+        .expect_err("sasl without a SASL protocol");
+    assert!(
+        e.to_string()
+            .contains("kafka.security.sasl is set exactly when"),
+        "{e}"
+    );
+    let mut spec = example["spec"].clone();
+    spec["database"]["sslMode"] = json!("verify-ca");
+    spec["database"]
+        .as_object_mut()
+        .expect("object")
+        .remove("caRef");
+    let e = create(spec).await.expect_err("verify-ca without a CA");
+    assert!(
+        e.to_string().contains("verify-ca needs database.caRef"),
+        "{e}"
+    );
+    let mut spec = example["spec"].clone();
+    spec["database"]["sslMode"] = json!("disable");
+    let e = create(spec).await.expect_err("a CA with TLS off");
+    assert!(e.to_string().contains("need TLS"), "{e}");
 }
