@@ -92,72 +92,71 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     async fn ca(&mut self, r: &CaRef, field: &str) -> Result<String, Problem> {
-        match r.kind {
-            CaSource::Secret => self.secret_key(&r.name, &r.key, field).await,
-            CaSource::ConfigMap => self.config_map_key(&r.name, &r.key, field).await,
-        }
+        self.key(r.kind, &r.name, &r.key, field).await
     }
 
     async fn cert(&mut self, r: &CertSecretRef, field: &str) -> Result<(String, String), Problem> {
         Ok((
-            self.secret_key(&r.name, &r.cert_key, field).await?,
-            self.secret_key(&r.name, &r.key_key, field).await?,
+            self.key(CaSource::Secret, &r.name, &r.cert_key, field)
+                .await?,
+            self.key(CaSource::Secret, &r.name, &r.key_key, field)
+                .await?,
         ))
     }
 
     async fn secret_key(&mut self, name: &str, key: &str, field: &str) -> Result<String, Problem> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let secret = secrets
-            .get_opt(name)
-            .await
-            .map_err(|e| api_error("Secret", name, e))?
-            .ok_or_else(|| self.missing("Secret", name, key, field, false))?;
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| self.missing("Secret", name, key, field, true))?;
-        self.read
-            .insert(format!("Secret/{name}/{key}"), value.clone());
-        Ok(value)
+        self.key(CaSource::Secret, name, key, field).await
     }
 
-    async fn config_map_key(
+    /// One key of a Secret or ConfigMap; `field` is the spec field that names it.
+    async fn key(
         &mut self,
+        source: CaSource,
         name: &str,
         key: &str,
         field: &str,
     ) -> Result<String, Problem> {
-        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        let map = maps
-            .get_opt(name)
-            .await
-            .map_err(|e| api_error("ConfigMap", name, e))?
-            .ok_or_else(|| self.missing("ConfigMap", name, key, field, false))?;
-        let value = map
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
+        let kind = format!("{source:?}");
+        let data: Option<BTreeMap<String, String>> = match source {
+            CaSource::Secret => Api::<Secret>::namespaced(self.client.clone(), &self.namespace)
+                .get_opt(name)
+                .await
+                .map_err(|e| api_error(&kind, name, e))?
+                .map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                        .collect()
+                }),
+            CaSource::ConfigMap => {
+                Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace)
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| api_error(&kind, name, e))?
+                    .map(|m| m.data.unwrap_or_default())
+            }
+        };
+        let ns = &self.namespace;
+        let data = data.ok_or_else(|| {
+            Problem::new(
+                "ConnectionSecretMissing",
+                format!("{kind} {ns}/{name} ({field}) does not exist"),
+            )
+        })?;
+        let value = data
+            .get(key)
             .filter(|v| !v.trim().is_empty())
             .cloned()
-            .ok_or_else(|| self.missing("ConfigMap", name, key, field, true))?;
+            .ok_or_else(|| {
+                Problem::new(
+                    "ConnectionSecretMissing",
+                    format!("{kind} {ns}/{name} ({field}) has no key `{key}`"),
+                )
+            })?;
         self.read
-            .insert(format!("ConfigMap/{name}/{key}"), value.clone());
+            .insert(format!("{kind}/{name}/{key}"), value.clone());
         Ok(value)
-    }
-
-    fn missing(&self, kind: &str, name: &str, key: &str, field: &str, exists: bool) -> Problem {
-        let ns = &self.namespace;
-        Problem::new(
-            "ConnectionSecretMissing",
-            if exists {
-                format!("{kind} {ns}/{name} ({field}) has no key `{key}`")
-            } else {
-                format!("{kind} {ns}/{name} ({field}) does not exist")
-            },
-        )
     }
 }
 

@@ -22,28 +22,36 @@ pub fn client_config(bootstrap_servers: &str, security: &KafkaSecurityConfig) ->
     if security.tls() {
         // The brokers' names are checked against their certificates.
         c.set("ssl.endpoint.identification.algorithm", "https");
-        match (&security.ssl_ca_pem, security.ssl_ca_file.as_str()) {
-            (Some(pem), _) => c.set("ssl.ca.pem", pem),
-            (None, "") => c.set("ssl.ca.location", "probe"),
-            (None, file) => c.set("ssl.ca.location", file),
-        };
-        match (&security.ssl_cert_pem, security.ssl_cert_file.as_str()) {
-            (Some(pem), _) => {
-                c.set("ssl.certificate.pem", pem);
-            }
-            (None, "") => {}
-            (None, file) => {
-                c.set("ssl.certificate.location", file);
-            }
+        // Each piece of material in memory (the operator's) or in a file (a mounted Secret).
+        for (pem, file, pem_key, file_key) in [
+            (
+                &security.ssl_ca_pem,
+                &security.ssl_ca_file,
+                "ssl.ca.pem",
+                "ssl.ca.location",
+            ),
+            (
+                &security.ssl_cert_pem,
+                &security.ssl_cert_file,
+                "ssl.certificate.pem",
+                "ssl.certificate.location",
+            ),
+            (
+                &security.ssl_key_pem,
+                &security.ssl_key_file,
+                "ssl.key.pem",
+                "ssl.key.location",
+            ),
+        ] {
+            match (pem, file.as_str()) {
+                (Some(pem), _) => c.set(pem_key, pem),
+                (None, "") => &mut c,
+                (None, file) => c.set(file_key, file),
+            };
         }
-        match (&security.ssl_key_pem, security.ssl_key_file.as_str()) {
-            (Some(pem), _) => {
-                c.set("ssl.key.pem", pem);
-            }
-            (None, "") => {}
-            (None, file) => {
-                c.set("ssl.key.location", file);
-            }
+        // No CA: the system trust store, wherever this image keeps it.
+        if c.get("ssl.ca.pem").is_none() && c.get("ssl.ca.location").is_none() {
+            c.set("ssl.ca.location", "probe");
         }
     }
     c

@@ -28,6 +28,8 @@ struct Ports {
 /// A Kafka broker on 127.0.0.1. Dropping an instance from [`Kafka::start`] stops it.
 pub struct Kafka {
     ports: Ports,
+    /// The JVM's full JIT (C2), as a production broker runs; tests use C1 only (faster start).
+    full_jit: bool,
     version: String,
     classpath: String,
     config: PathBuf,
@@ -37,6 +39,17 @@ pub struct Kafka {
 impl Kafka {
     /// Formats fresh storage and starts a broker on free ports.
     pub fn start() -> Result<Kafka, Error> {
+        Kafka::start_with(false)
+    }
+
+    /// A broker whose JVM compiles with C2, as in production (for `make bench`): without it,
+    /// TLS in the broker runs AES-GCM in code the quick JIT leaves without its intrinsics, and a
+    /// benchmark would measure that instead of the clients.
+    pub fn start_like_production() -> Result<Kafka, Error> {
+        Kafka::start_with(true)
+    }
+
+    fn start_with(full_jit: bool) -> Result<Kafka, Error> {
         let version = pinned("KAFKA_VERSION").to_string();
         let libs = match std::env::var_os("AUDIT_TESTENV_KAFKA_LIBS") {
             Some(dir) => PathBuf::from(dir),
@@ -72,6 +85,7 @@ impl Kafka {
                 &dir,
                 "kafka.tools.StorageTool",
                 &["random-uuid"],
+                false,
             ),
         )?
         .trim()
@@ -95,10 +109,12 @@ impl Kafka {
                     "--add-scram",
                     &format!("SCRAM-SHA-512=[name={SASL_USER},password={SASL_PASSWORD}]"),
                 ],
+                false,
             ),
         )?;
         let kafka = Kafka {
             ports,
+            full_jit,
             version,
             classpath,
             config,
@@ -120,7 +136,13 @@ impl Kafka {
         }
         let dir = self.config.parent().unwrap_or(Path::new("/tmp"));
         let config = self.config.display().to_string();
-        let mut cmd = java(&self.classpath, dir, "kafka.Kafka", &[&config]);
+        let mut cmd = java(
+            &self.classpath,
+            dir,
+            "kafka.Kafka",
+            &[&config],
+            self.full_jit,
+        );
         cmd.env("KAFKA_HEAP_OPTS", "-Xmx768m");
         let server = Server::spawn(COMPONENT, cmd, &dir.join("kafka.log"), libc::SIGTERM)?;
         let log = dir.join("kafka.log");
@@ -192,19 +214,18 @@ impl Drop for Kafka {
     }
 }
 
-fn java(classpath: &str, dir: &Path, main: &str, args: &[&str]) -> Command {
+/// `java -cp` with a small heap; the quick JIT only (C1) unless `full_jit`.
+fn java(classpath: &str, dir: &Path, main: &str, args: &[&str], full_jit: bool) -> Command {
     let mut cmd = Command::new("java");
-    cmd.args([
-        "-Xms128m",
-        "-Xmx768m",
-        "-XX:+UseSerialGC",
-        "-XX:TieredStopAtLevel=1",
-    ])
-    .arg("-cp")
-    .arg(classpath)
-    .arg(main)
-    .args(args)
-    .current_dir(dir);
+    cmd.args(["-Xms128m", "-Xmx768m", "-XX:+UseSerialGC"]);
+    if !full_jit {
+        cmd.arg("-XX:TieredStopAtLevel=1");
+    }
+    cmd.arg("-cp")
+        .arg(classpath)
+        .arg(main)
+        .args(args)
+        .current_dir(dir);
     cmd
 }
 

@@ -647,7 +647,7 @@ fn main() -> std::process::ExitCode {
     let result = (|| -> Result<(), String> {
         let pg = Postgres::start().map_err(|e| e.to_string())?;
         size_like_a_server(&pg)?;
-        let kafka = Kafka::start().map_err(|e| e.to_string())?;
+        let kafka = Kafka::start_like_production().map_err(|e| e.to_string())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
