@@ -101,7 +101,7 @@ pub struct Ensured {
 }
 
 /// Creates (or confirms) the roles and the database, then migrates and grants as the owner.
-/// Returns true when this call created the database.
+/// Says whether this call created the database, and what protects the admin connection.
 pub async fn ensure(
     am: &AuditManager,
     connections: &Connections,
