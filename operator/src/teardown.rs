@@ -17,9 +17,10 @@ use kube::runtime::events::EventType;
 
 use crate::apply::{self, api_of, crd_installed, delete_owned};
 use crate::build::{self, Kind, Names};
+use crate::connections::{self, Connections};
 use crate::context::{Ctx, Error};
 use crate::status::{self, Problem};
-use crate::{connections, credentials, database, topics};
+use crate::{credentials, database, topics};
 
 /// The deletion branch of a reconcile: the next teardown steps, then the finalizer goes.
 pub async fn finalize(ctx: &Ctx, am: &AuditManager) -> Result<Action, Error> {
@@ -138,12 +139,15 @@ async fn run(am: &AuditManager, ctx: &Ctx) -> Result<Progress, kube::Error> {
             "{SKIP_EXTERNAL_TEARDOWN} is set: the database, roles and topics were not touched; drop them by hand if they still exist"
         )).await;
     } else {
+        // The referenced TLS/SASL material, read once for both steps; only a step that
+        // connects needs it.
+        let connections = connections::resolve(&ctx.client, am).await;
         // 2. The database and roles.
-        if let Err(p) = drop_database(am, ctx).await {
+        if let Err(p) = drop_database(am, ctx, &connections).await {
             return Ok(Progress::Waiting(p));
         }
         // 3. The topics.
-        if let Err(p) = delete_topics(am, ctx).await {
+        if let Err(p) = delete_topics(am, ctx, &connections).await {
             return Ok(Progress::Waiting(p));
         }
     }
@@ -224,7 +228,11 @@ async fn delete_children(
     Ok(remaining)
 }
 
-async fn drop_database(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
+async fn drop_database(
+    am: &AuditManager,
+    ctx: &Ctx,
+    connections: &Result<Connections, Problem>,
+) -> Result<(), Problem> {
     let name = am.name_any();
     let db_name = am.spec.database_name(&name);
     let roles = KINDS.map(|k| role_name(&db_name, k));
@@ -244,8 +252,8 @@ async fn drop_database(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
         return Ok(());
     }
     let admin = credentials::admin_login(&ctx.client, am).await?;
-    let c = connections::resolve(&ctx.client, am).await?;
-    let report = database::drop_owned(am, &c, admin, db_name, roles.to_vec()).await?;
+    let c = connections.as_ref().map_err(Problem::clone)?;
+    let report = database::drop_owned(am, c, admin, db_name, roles.to_vec()).await?;
     let kind = if report.left.is_empty() {
         EventType::Normal
     } else {
@@ -256,7 +264,11 @@ async fn drop_database(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
     Ok(())
 }
 
-async fn delete_topics(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
+async fn delete_topics(
+    am: &AuditManager,
+    ctx: &Ctx,
+    connections: &Result<Connections, Problem>,
+) -> Result<(), Problem> {
     let owned = owned_topics(am);
     let wanted = [
         &am.spec.kafka.events_topic.name,
@@ -281,8 +293,8 @@ async fn delete_topics(am: &AuditManager, ctx: &Ctx) -> Result<(), Problem> {
         .await;
         return Ok(());
     }
-    let c = connections::resolve(&ctx.client, am).await?;
-    let deleted = topics::delete(&am.spec.kafka, &c, &owned).await?;
+    let c = connections.as_ref().map_err(Problem::clone)?;
+    let deleted = topics::delete(&am.spec.kafka, c, &owned).await?;
     let mut note = if deleted.is_empty() {
         "deleted no topic".to_string()
     } else {
