@@ -23,6 +23,13 @@ pub const FINALIZER: &str = "audit.openg2p.org/teardown";
 pub const SKIP_EXTERNAL_TEARDOWN: &str = "audit.openg2p.org/skip-external-teardown";
 /// Annotation: list in `status.teardownPreview` what deletion would remove.
 pub const TEARDOWN_PREVIEW: &str = "audit.openg2p.org/teardown-preview";
+/// Label (value `"true"`): a Secret the operator may use as credentials, that is, send to a
+/// server (the admin login, a SASL password, a client certificate). Whoever administers those
+/// servers sets it; a Secret without it is never read.
+pub const CREDENTIALS_LABEL: &str = "audit.openg2p.org/credentials";
+/// Annotation on such a Secret: the servers it may be sent to, comma-separated, each `host` (any
+/// port) or `host:port`, as the spec names them (`database.host`, `kafka.bootstrapServers`).
+pub const ALLOWED_HOSTS: &str = "audit.openg2p.org/allowed-hosts";
 
 /// An audit-event service: its database and roles, Kafka topics and the runtime workload.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -56,6 +63,7 @@ pub const TEARDOWN_PREVIEW: &str = "audit.openg2p.org/teardown-preview";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(validation = Rule::new("self.metadata.name.size() <= 40").message("the AuditManager's name must be at most 40 characters: its CronJob `<name>-maintenance` must fit Kubernetes' 52 and its database roles PostgreSQL's 63"))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditManagerSpec {
     /// The runtime image (ingest, consume and partition maintenance).
@@ -86,6 +94,11 @@ pub struct AuditManagerSpec {
     pub lag_threshold: i64,
     #[serde(default)]
     pub deletion_policy: DeletionPolicySpec,
+    /// While true, the ValidatingAdmissionPolicy shipped in `manifests/` refuses to delete this
+    /// resource (a namespace deletion or a GitOps prune stalls instead of dropping the
+    /// database). Set it to false first to delete on purpose.
+    #[serde(default)]
+    pub deletion_protection: bool,
     /// Stop reconciling (children are left as they are) until set back to false.
     #[serde(default)]
     pub paused: bool,
@@ -230,17 +243,22 @@ pub struct PlacementSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.sslMode != 'verify-ca' || has(self.caRef)").message("database.sslMode verify-ca needs database.caRef: the CA that signed the server's certificate (verify-full alone uses the system trust store)"))]
 #[x_kube(validation = Rule::new("self.sslMode != 'disable' || (!has(self.caRef) && !has(self.clientCertSecretRef))").message("database.caRef and database.clientCertSecretRef need TLS: sslMode disable would ignore them"))]
+#[x_kube(validation = Rule::new("self.host == oldSelf.host").message("database.host cannot change: the database, its roles and every stored event stay on the server they were created on; create a second AuditManager for the new server (docs/runbook.md, \"Moving to another server or name\")").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)").message("database.name cannot change: the events are stored in the database it names; create a second AuditManager for a new database (docs/runbook.md, \"Moving to another server or name\")").reason(Reason::FieldValueForbidden))]
 pub struct DatabaseSpec {
     #[x_kube(validation = Rule::new("self != ''").message("database.host must not be empty"))]
     pub host: String,
     #[serde(default = "default_pg_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// Database name; defaults to the resource name with `-` turned into `_`.
+    /// Database name; defaults to the resource name with `-` turned into `_`. At most 56
+    /// characters, so the role `<name>_reader` fits PostgreSQL's 63.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,55}$"))]
     pub name: Option<String>,
-    /// A Secret in the resource's namespace with an admin login (CREATEROLE, CREATEDB).
+    /// A Secret in the resource's namespace with an admin login (CREATEROLE, CREATEDB). It is
+    /// used only when labelled `audit.openg2p.org/credentials: "true"` and annotated
+    /// `audit.openg2p.org/allowed-hosts` with this host.
     pub admin_secret_ref: SecretKeysRef,
     /// TLS to the server, as libpq's `sslmode`. The default, `verify-full`, encrypts and checks
     /// the server's certificate and host name; `require` with `caRef` checks the certificate
@@ -365,6 +383,9 @@ fn default_password_key() -> String {
 /// The Kafka cluster and the two topics.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.bootstrapServers == oldSelf.bootstrapServers").message("kafka.bootstrapServers cannot change: the topics and the consumer group's offsets are on that cluster; create a second AuditManager for another cluster (docs/runbook.md, \"Moving to another server or name\")").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("self.eventsTopic.name == oldSelf.eventsTopic.name && self.dlqTopic.name == oldSelf.dlqTopic.name").message("kafka.eventsTopic.name and kafka.dlqTopic.name cannot change: records not yet stored are in the old topics (docs/runbook.md, \"Moving to another server or name\")").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("self.consumerGroup == oldSelf.consumerGroup").message("kafka.consumerGroup cannot change: a new group would read the events topic from its start or its end, storing again or skipping what the old one has not committed (docs/runbook.md, \"Moving to another server or name\")").reason(Reason::FieldValueForbidden))]
 pub struct KafkaSpec {
     #[x_kube(validation = Rule::new("self != ''").message("kafka.bootstrapServers must not be empty"))]
     pub bootstrap_servers: String,
@@ -374,6 +395,11 @@ pub struct KafkaSpec {
     pub dlq_topic: TopicSpec,
     #[serde(default = "default_consumer_group")]
     pub consumer_group: String,
+    /// Whether the operator creates, grows, configures and deletes the topics. False when they
+    /// are managed elsewhere (a Strimzi `KafkaTopic`, a platform team): the operator then only
+    /// checks that they exist with enough partitions, and never changes or deletes them.
+    #[serde(default = "manage_topics_default")]
+    pub manage_topics: bool,
     /// How the runtime and the operator connect to the brokers.
     #[serde(default)]
     pub security: KafkaSecurity,
@@ -466,6 +492,10 @@ fn default_dlq_topic() -> TopicSpec {
     TopicSpec::named("openg2p.audit.dlq", 3)
 }
 
+fn manage_topics_default() -> bool {
+    true
+}
+
 fn default_consumer_group() -> String {
     "openg2p-audit-consumer".into()
 }
@@ -479,9 +509,14 @@ pub struct TopicSpec {
     pub name: String,
     #[schemars(range(min = 1))]
     pub partitions: i32,
-    #[serde(default = "default_replication")]
+    /// Replicas of each partition; unset takes the broker's `default.replication.factor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub replication_factor: i32,
+    pub replication_factor: Option<i32>,
+    /// The topic's `min.insync.replicas`; unset takes the broker's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_insync_replicas: Option<i32>,
     /// `retention.ms`; -1 keeps records forever.
     #[serde(default = "default_retention_ms")]
     #[schemars(range(min = -1))]
@@ -495,15 +530,12 @@ impl TopicSpec {
         TopicSpec {
             name: name.into(),
             partitions,
-            replication_factor: default_replication(),
+            replication_factor: None,
+            min_insync_replicas: None,
             retention_ms: default_retention_ms(),
             compression: default_compression(),
         }
     }
-}
-
-fn default_replication() -> i32 {
-    1
 }
 
 fn default_retention_ms() -> i64 {
@@ -572,11 +604,16 @@ pub enum AckMode {
 /// How long events are kept, and when partitions are maintained.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(oldSelf.months == 0 ? self.months == 0 : (self.months == 0 || self.months >= oldSelf.months)) || (has(self.confirmDecreaseTo) && self.confirmDecreaseTo == self.months)").message("lowering retention.months drops every partition older than the new window at the next maintenance run, for good: to confirm, set retention.confirmDecreaseTo to the new value in the same change").reason(Reason::FieldValueForbidden))]
 pub struct RetentionSpec {
     /// Monthly partitions wholly older than this are dropped; 0 keeps everything.
     #[serde(default = "default_months")]
     #[schemars(range(min = 0))]
     pub months: i32,
+    /// Confirms a decrease of `months`: the API server refuses a lower `months` (or a change
+    /// from 0) unless this field holds the new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_decrease_to: Option<i32>,
     #[serde(default = "default_pre_create")]
     #[schemars(range(min = 0, max = 24))]
     pub pre_create_months: i32,
@@ -590,6 +627,7 @@ impl Default for RetentionSpec {
     fn default() -> Self {
         RetentionSpec {
             months: default_months(),
+            confirm_decrease_to: None,
             pre_create_months: default_pre_create(),
             maintenance_schedule: default_schedule(),
         }
@@ -687,8 +725,9 @@ pub struct AuditManagerStatus {
     pub replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
-    /// Topics this resource created (and so may delete); a topic that existed before is
-    /// never listed.
+    /// Topics this resource created, for people to read. Teardown does not trust it (anyone
+    /// allowed to patch the status could extend it): it reads the operator's ownership record,
+    /// which ties each topic to its Kafka topic id and cluster id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owned_topics: Vec<String>,
     /// With the annotation `audit.openg2p.org/teardown-preview: "true"`: exactly what deleting

@@ -130,6 +130,31 @@ where
     Ok(Some(api.get_metadata_opt(name).await?.is_some()))
 }
 
+/// Takes this resource's owner reference off the object `name`, so that the garbage
+/// collector keeps it after the resource is gone. Says whether it was ours.
+pub async fn disown<K>(api: &Api<K>, name: &str, am: &AuditManager) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(current) = api.get_metadata_opt(name).await? else {
+        return Ok(false);
+    };
+    let uid = am.uid().unwrap_or_default();
+    let refs = current.metadata.owner_references.unwrap_or_default();
+    if !refs.iter().any(|r| r.uid == uid) {
+        return Ok(false);
+    }
+    let kept: Vec<_> = refs.into_iter().filter(|r| r.uid != uid).collect();
+    let patch = serde_json::json!({"metadata": {
+        "ownerReferences": kept,
+        "resourceVersion": current.metadata.resource_version,
+        "annotations": {"audit.openg2p.org/retained-from": format!("{}/{}", am.name_any(), uid)},
+    }});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(true)
+}
+
 /// Merge-patches the resource's status with `status` (a JSON object of status fields).
 pub async fn patch_status(
     client: &Client,

@@ -52,7 +52,8 @@ impl Names {
         Names {
             app: format!("{name}-audit-manager"),
             config: format!("{name}-audit-manager-config"),
-            maintenance: format!("{name}-audit-manager-maintenance"),
+            // At most 52 characters (a CronJob's limit): the CRD keeps names to 40.
+            maintenance: format!("{name}-maintenance"),
             owner_secret: format!("{name}-db-owner"),
             writer_secret: format!("{name}-db-writer"),
             reader_secret: format!("{name}-db-reader"),
@@ -81,15 +82,20 @@ pub fn owner(am: &AuditManager) -> Option<OwnerReference> {
     am.controller_owner_ref(&())
 }
 
+/// The label every child carries, and no pod selector uses.
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "audit-manager-operator");
+
+/// [`MANAGED_BY`] as a selector: the operator's watches see only objects that carry it.
+pub fn managed_selector() -> String {
+    format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+}
+
 /// Labels of every child; the selector uses the first two.
 pub fn labels(am: &AuditManager) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "audit-manager".into()),
         ("app.kubernetes.io/instance".into(), name_of(am)),
-        (
-            "app.kubernetes.io/managed-by".into(),
-            "audit-manager-operator".into(),
-        ),
+        (MANAGED_BY.0.into(), MANAGED_BY.1.into()),
     ])
 }
 
@@ -97,13 +103,34 @@ pub fn labels(am: &AuditManager) -> BTreeMap<String, String> {
 pub fn selector(am: &AuditManager) -> BTreeMap<String, String> {
     labels(am)
         .into_iter()
-        .filter(|(k, _)| k != "app.kubernetes.io/managed-by")
+        .filter(|(k, _)| k != MANAGED_BY.0)
         .collect()
 }
 
 /// [`selector`] as a label selector string, for list calls.
 pub fn selector_string(am: &AuditManager) -> String {
-    selector(am)
+    as_selector(&selector(am))
+}
+
+/// The labels of the maintenance CronJob's Jobs and pods: a name of their own, so that no
+/// selector of the runtime (Service, PodDisruptionBudget, HPA, health probe) picks them.
+pub fn maintenance_labels(am: &AuditManager) -> BTreeMap<String, String> {
+    let mut l = labels(am);
+    l.insert(
+        "app.kubernetes.io/name".into(),
+        "audit-manager-maintenance".into(),
+    );
+    l.insert("app.kubernetes.io/component".into(), "maintenance".into());
+    l
+}
+
+/// [`maintenance_labels`] as a label selector string (the Jobs, at teardown).
+pub fn maintenance_selector_string(am: &AuditManager) -> String {
+    as_selector(&maintenance_labels(am))
+}
+
+fn as_selector(labels: &BTreeMap<String, String>) -> String {
+    labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
@@ -362,6 +389,9 @@ pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Result<Deployment, Erro
         "template": {
             "metadata": {"labels": pod_labels, "annotations": annotations},
             "spec": {
+                // A Service named like a config key (e.g. `db`) would otherwise inject
+                // `DB_PORT=tcp://...`, which the runtime's loader refuses.
+                "enableServiceLinks": false,
                 "terminationGracePeriodSeconds": DRAIN_SECONDS,
                 "securityContext": pod_security(),
                 "nodeSelector": spec.placement.node_selector,
@@ -440,6 +470,9 @@ pub fn pdb(am: &AuditManager, names: &Names) -> Result<PodDisruptionBudget, Erro
     }))
 }
 
+/// How long one maintenance Job may run.
+pub const MAINTENANCE_DEADLINE_SECONDS: i64 = 600;
+
 pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> Result<CronJob, Error> {
     let am = inputs.am;
     let (volumes, mounts) = volumes(am, names);
@@ -452,12 +485,17 @@ pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> Result<CronJob, Error> {
             "concurrencyPolicy": "Forbid",
             "successfulJobsHistoryLimit": 2,
             "failedJobsHistoryLimit": 3,
-            "jobTemplate": {"spec": {
+            "jobTemplate": {
+              "metadata": {"labels": maintenance_labels(am)},
+              "spec": {
                 "backoffLimit": 3,
+                // A run stuck on the database ends, and the next schedule starts afresh.
+                "activeDeadlineSeconds": MAINTENANCE_DEADLINE_SECONDS,
                 "template": {
-                    "metadata": {"labels": labels(am)},
+                    "metadata": {"labels": maintenance_labels(am)},
                     "spec": {
                         "restartPolicy": "OnFailure",
+                        "enableServiceLinks": false,
                         "securityContext": pod_security(),
                         "containers": [{
                             "name": "maintain",
@@ -469,13 +507,16 @@ pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> Result<CronJob, Error> {
                                 {"name": runtime::env_var("database.user"), "value": role_name(&database, "owner")},
                                 password_from(&names.owner_secret),
                             ],
+                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                          "limits": {"memory": "256Mi"}},
                             "securityContext": container_security(),
                             "volumeMounts": mounts,
                         }],
                         "volumes": volumes,
                     }
                 }
-            }}
+              }
+            }
         }
     }))
 }
@@ -633,8 +674,15 @@ pub struct Child {
 }
 
 /// Every child of the resource, in [`Kind::ALL`] order. `secret_hash` is the checksum of the
-/// role credentials: a change rolls the pods, as a change of the rendered config does.
-pub fn children(am: &AuditManager, names: &Names, secret_hash: &str) -> Result<Vec<Child>, Error> {
+/// role credentials: a change rolls the pods, as a change of the rendered config does. While
+/// `held` (a conflict stands: the database, a topic or the consumer group is someone else's)
+/// no workload may run against it: the Deployment, its HPA and the CronJob should not exist.
+pub fn children(
+    am: &AuditManager,
+    names: &Names,
+    secret_hash: &str,
+    held: bool,
+) -> Result<Vec<Child>, Error> {
     let config_map = config_map(am, names)?;
     let inputs = Inputs {
         am,
@@ -646,6 +694,7 @@ pub fn children(am: &AuditManager, names: &Names, secret_hash: &str) -> Result<V
         .map(|kind| {
             let desired = match kind {
                 Kind::ConfigMap => Some(dynamic(&config_map)?),
+                Kind::Deployment | Kind::HorizontalPodAutoscaler | Kind::CronJob if held => None,
                 Kind::Deployment => Some(dynamic(&deployment(&inputs, names)?)?),
                 Kind::Service => Some(dynamic(&service(am, names)?)?),
                 Kind::HorizontalPodAutoscaler => match am.spec.autoscaling.enabled {
@@ -772,6 +821,7 @@ mod tests {
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], json!(true));
         assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
         assert_eq!(pod["terminationGracePeriodSeconds"], json!(DRAIN_SECONDS));
+        assert_eq!(pod["enableServiceLinks"], json!(false));
         assert_eq!(
             spec["template"]["metadata"]["annotations"]["audit.openg2p.org/config-hash"],
             json!("c1")
@@ -799,6 +849,31 @@ mod tests {
         let container = &c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["args"], json!(["maintain"]));
         assert_eq!(container["env"][1]["value"], json!("prod_audit_owner"));
+        assert!(container["resources"]["limits"]["memory"].is_string());
+        let job = &c["spec"]["jobTemplate"];
+        assert_eq!(
+            job["spec"]["activeDeadlineSeconds"],
+            json!(MAINTENANCE_DEADLINE_SECONDS)
+        );
+        let pod = &job["spec"]["template"];
+        assert_eq!(pod["spec"]["enableServiceLinks"], json!(false));
+        assert_eq!(
+            pod["spec"]["securityContext"]["seccompProfile"]["type"],
+            json!("RuntimeDefault")
+        );
+        // Its pods are not the runtime's: no Service, PDB or health probe selects them.
+        let labels = pod["metadata"]["labels"].as_object().expect("labels");
+        assert_eq!(job["metadata"]["labels"], pod["metadata"]["labels"]);
+        assert!(
+            !selector(&a)
+                .iter()
+                .all(|(k, v)| labels.get(k).and_then(|l| l.as_str()) == Some(v)),
+            "{labels:?}"
+        );
+        assert_eq!(
+            maintenance_selector_string(&a),
+            "app.kubernetes.io/component=maintenance,app.kubernetes.io/instance=prod-audit,app.kubernetes.io/managed-by=audit-manager-operator,app.kubernetes.io/name=audit-manager-maintenance"
+        );
     }
 
     #[test]
@@ -933,7 +1008,7 @@ mod tests {
     fn every_child_of_every_spec_builds_without_losing_a_key() {
         for a in specs() {
             let names = Names::of("prod-audit");
-            let children = children(&a, &names, "s1").expect("children");
+            let children = children(&a, &names, "s1", false).expect("children");
             let kinds: Vec<Kind> = children.iter().map(|c| c.kind).collect();
             assert_eq!(kinds, Kind::ALL);
             for c in &children {
@@ -950,6 +1025,23 @@ mod tests {
                 a.spec.autoscaling.enabled
             );
             assert_eq!(desired(Kind::VirtualService), a.spec.istio.enabled);
+            // Held by a conflict: no workload, the rest as usual.
+            let held = super::children(&a, &names, "s1", true).expect("children");
+            for c in &held {
+                let workload = matches!(
+                    c.kind,
+                    Kind::Deployment | Kind::HorizontalPodAutoscaler | Kind::CronJob
+                );
+                assert!(
+                    !(workload && c.desired.is_some()),
+                    "{:?} while held",
+                    c.kind
+                );
+            }
+            assert!(
+                held.iter()
+                    .any(|c| c.kind == Kind::Service && c.desired.is_some())
+            );
         }
     }
 

@@ -13,6 +13,7 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 
 use crate::build;
+use crate::credentials::{self, Server};
 use crate::status::Problem;
 
 /// The settings of the operator's own connections, with the referenced material in memory.
@@ -35,6 +36,8 @@ pub async fn resolve(client: &Client, am: &AuditManager) -> Result<Connections, 
     };
     let config = build::runtime_config(am);
     let spec = &am.spec;
+    let database_server = [(spec.database.host.clone(), spec.database.port as u16)];
+    let kafka_servers = credentials::kafka_servers(&spec.kafka.bootstrap_servers);
     let mut database = config.database.clone();
     database.sslrootcert.clear();
     database.sslcert.clear();
@@ -45,7 +48,9 @@ pub async fn resolve(client: &Client, am: &AuditManager) -> Result<Connections, 
         database.sslrootcert_pem = Some(r.ca(ca, "spec.database.caRef").await?);
     }
     if let Some(cert) = &spec.database.client_cert_secret_ref {
-        let (crt, key) = r.cert(cert, "spec.database.clientCertSecretRef").await?;
+        let (crt, key) = r
+            .cert(cert, "spec.database.clientCertSecretRef", &database_server)
+            .await?;
         database.sslcert_pem = Some(crt);
         database.sslkey_pem = Some(key);
     }
@@ -57,20 +62,20 @@ pub async fn resolve(client: &Client, am: &AuditManager) -> Result<Connections, 
     let security = &spec.kafka.security;
     if let Some(sasl) = &security.sasl {
         let p = &sasl.password_secret_ref;
-        kafka.sasl_password = r
-            .secret_key(
-                &p.name,
-                &p.key,
-                "spec.kafka.security.sasl.passwordSecretRef",
-            )
-            .await?;
+        let field = "spec.kafka.security.sasl.passwordSecretRef";
+        let secret = r.credential(&p.name, field, &kafka_servers).await?;
+        kafka.sasl_password = r.value(&secret, &p.key, field)?;
     }
     if let Some(ca) = &security.ca_ref {
         kafka.ssl_ca_pem = Some(r.ca(ca, "spec.kafka.security.caRef").await?);
     }
     if let Some(cert) = &security.client_cert_secret_ref {
         let (crt, key) = r
-            .cert(cert, "spec.kafka.security.clientCertSecretRef")
+            .cert(
+                cert,
+                "spec.kafka.security.clientCertSecretRef",
+                &kafka_servers,
+            )
             .await?;
         kafka.ssl_cert_pem = Some(crt);
         kafka.ssl_key_pem = Some(key);
@@ -95,17 +100,44 @@ impl Reader<'_> {
         self.key(r.kind, &r.name, &r.key, field).await
     }
 
-    async fn cert(&mut self, r: &CertSecretRef, field: &str) -> Result<(String, String), Problem> {
+    /// A client certificate and its key, from a Secret marked as credentials for `servers`.
+    async fn cert(
+        &mut self,
+        r: &CertSecretRef,
+        field: &str,
+        servers: &[Server],
+    ) -> Result<(String, String), Problem> {
+        let secret = self.credential(&r.name, field, servers).await?;
         Ok((
-            self.key(CaSource::Secret, &r.name, &r.cert_key, field)
-                .await?,
-            self.key(CaSource::Secret, &r.name, &r.key_key, field)
-                .await?,
+            self.value(&secret, &r.cert_key, field)?,
+            self.value(&secret, &r.key_key, field)?,
         ))
     }
 
-    async fn secret_key(&mut self, name: &str, key: &str, field: &str) -> Result<String, Problem> {
-        self.key(CaSource::Secret, name, key, field).await
+    /// A Secret that may be sent to `servers` (`credentials::permitted_secret`).
+    async fn credential(
+        &mut self,
+        name: &str,
+        field: &str,
+        servers: &[Server],
+    ) -> Result<Secret, Problem> {
+        credentials::permitted_secret(self.client, &self.namespace, name, field, servers)
+            .await
+            .map_err(|p| match p.reason {
+                "CredentialsMissing" => Problem::new("ConnectionSecretMissing", p.message),
+                _ => p,
+            })
+    }
+
+    /// One key of a Secret already read.
+    fn value(&mut self, secret: &Secret, key: &str, field: &str) -> Result<String, Problem> {
+        let data = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+            .collect();
+        self.pick("Secret", &secret.name_any(), data, key, field)
     }
 
     /// One key of a Secret or ConfigMap; `field` is the spec field that names it.
@@ -144,6 +176,19 @@ impl Reader<'_> {
                 format!("{kind} {ns}/{name} ({field}) does not exist"),
             )
         })?;
+        self.pick(&kind, name, data, key, field)
+    }
+
+    /// `key` of an object's data, remembered for the checksum; a missing or empty key is named.
+    fn pick(
+        &mut self,
+        kind: &str,
+        name: &str,
+        data: BTreeMap<String, String>,
+        key: &str,
+        field: &str,
+    ) -> Result<String, Problem> {
+        let ns = &self.namespace;
         let value = data
             .get(key)
             .filter(|v| !v.trim().is_empty())

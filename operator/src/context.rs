@@ -35,11 +35,16 @@ pub struct Ctx {
     /// Per child: the hash of what was last applied and the generation (or resourceVersion)
     /// it produced, so an unchanged child is not written again.
     pub(crate) applied: Mutex<HashMap<String, (String, String)>>,
-    /// Per resource UID: the generation and inputs whose database and topics steps succeeded.
+    /// Per resource UID: the generation and inputs whose database step succeeded.
     pub(crate) provisioned: Mutex<HashMap<String, (i64, String)>>,
     /// The port the runtime pods serve on (the Deployment's container port).
     pub runtime_port: u16,
+    /// The operator's own namespace, where the ownership records live (`record`).
+    pub namespace: String,
 }
+
+/// The operator's namespace when none is given (that of `manifests/`).
+pub const DEFAULT_NAMESPACE: &str = "audit-manager-system";
 
 impl Ctx {
     pub fn new(client: Client, metrics: Arc<Metrics>, instance: String) -> Ctx {
@@ -54,7 +59,14 @@ impl Ctx {
             applied: Mutex::default(),
             provisioned: Mutex::default(),
             runtime_port: audit_manager::config::DEFAULT_PORT,
+            namespace: DEFAULT_NAMESPACE.into(),
         }
+    }
+
+    /// The same context with the operator's namespace set.
+    pub fn in_namespace(mut self, namespace: String) -> Ctx {
+        self.namespace = namespace;
+        self
     }
 
     /// Records a Kubernetes Event on the resource; a failure to record is logged, never fatal.

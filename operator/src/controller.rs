@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::Instrument;
@@ -17,24 +18,41 @@ use tracing::Instrument;
 use crate::build::{self, Kind, Names};
 use crate::context::{Ctx, Error};
 use crate::status::{self, Observed};
-use crate::{apply, observe, provision, teardown};
+use crate::{apply, credentials, observe, provision, teardown};
 
 /// How often lag and health are refreshed when nothing changes.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
-/// Runs the controller until the process is stopped. It watches the resources and every kind
-/// of child that is built into Kubernetes (a CRD's kind may not exist), plus the role Secrets.
+/// Runs the controller until the process is stopped. It watches the resources; every kind of
+/// child that is built into Kubernetes (a CRD's kind may not exist) and the role Secrets, only
+/// those carrying the operator's label; and the Secrets marked as credentials, each mapped to
+/// the resources that name it. No other object is listed or cached.
 pub async fn run(ctx: Arc<Ctx>) {
     let client = ctx.client.clone();
-    let config = watcher::Config::default();
-    let mut controller = Controller::new(Api::<AuditManager>::all(client.clone()), config.clone());
+    let ours = watcher::Config::default().labels(&build::managed_selector());
+    let controller = Controller::new(
+        Api::<AuditManager>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let resources = controller.store();
+    let mut controller = controller.owns(Api::<Secret>::all(client.clone()), ours.clone());
     for kind in Kind::ALL.into_iter().filter(|k| k.crd().is_none()) {
         let resource = kind.resource();
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        controller = controller.owns_with(api, resource, config.clone());
+        controller = controller.owns_with(api, resource, ours.clone());
     }
+    let marked = watcher::Config::default().labels(&credentials::credentials_selector());
     controller
-        .owns(Api::<Secret>::all(client.clone()), config)
+        .watches(Api::<Secret>::all(client.clone()), marked, move |secret| {
+            let namespace = secret.namespace();
+            let name = secret.name_any();
+            resources
+                .state()
+                .into_iter()
+                .filter(|am| am.namespace() == namespace && credentials::references(am, &name))
+                .map(|am| ObjectRef::from_obj(&*am))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -79,12 +97,18 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
     let provisioned = provision::run(ctx, am, &names).await?;
     // The children are applied even while the database is not ready, so pods can start
     // serving ingest: readiness does not depend on PostgreSQL.
-    let children = build::children(am, &names, &provisioned.secret_hash)?;
+    // While a conflict stands, no workload runs against someone else's database or topics.
+    let held = status::held(&provisioned.database, &provisioned.topics);
+    let children = build::children(am, &names, &provisioned.secret_hash, held.is_some())?;
     let istio_installed = apply::children(ctx, am, &children).await?;
+    let workload = match held {
+        Some(p) => Err(p),
+        None => observe::workload(ctx, am, &names).await,
+    };
     let observed = Observed {
         database: provisioned.database,
         topics: provisioned.topics,
-        workload: observe::workload(ctx, am, &names).await,
+        workload,
         health: observe::health(ctx, am).await,
         lag: match &provisioned.connections {
             Ok(c) => observe::lag(am, c).await,
@@ -102,7 +126,9 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
     let previous = am.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let next = status::status(am, &previous, observed, &now);
-    if status::changed(&previous, &next) {
+    // A status write triggers a reconcile (the resource's watch sees it): a lag that moves is
+    // written at most once per REFRESH, or every write would start the next reconcile.
+    if status::worth_writing(&previous, &next, &now, REFRESH) {
         apply::patch_status(&ctx.client, am, serde_json::to_value(&next)?).await?;
     }
     Ok(Action::requeue(REFRESH))

@@ -1,53 +1,185 @@
-//! The Kubernetes side of credentials: the admin login from the Secret the spec names, the
-//! three role Secrets (passwords generated once, never regenerated), and the finalizer that
-//! keeps the admin Secret until teardown no longer needs it.
+//! The Kubernetes side of credentials: which Secrets may be sent to which servers (the opt-in
+//! label and allowed hosts), the admin login, the three role Secrets (passwords generated once,
+//! never regenerated), and the finalizer that keeps the admin Secret until teardown no longer
+//! needs it.
 
 use audit_manager::db::roles::{self, role_name};
-use audit_manager_crds::AuditManager;
+use audit_manager_crds::{ALLOWED_HOSTS, AuditManager, CREDENTIALS_LABEL};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::build::{Names, labels, owner};
 use crate::status::Problem;
 
-/// The admin login from the Secret named in the spec.
+/// The label selector of the Secrets marked as credentials: the only ones the operator lists,
+/// watches or reads content from, besides its own role Secrets.
+pub fn credentials_selector() -> String {
+    format!("{CREDENTIALS_LABEL}=true")
+}
+
+/// A server credentials are sent to: a host and a port, as the spec names them.
+pub type Server = (String, u16);
+
+/// `kafka.bootstrapServers` as servers (port 9092 when none is given).
+pub fn kafka_servers(bootstrap: &str) -> Vec<Server> {
+    bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(':') => match port.parse() {
+                Ok(port) => (host.to_string(), port),
+                Err(_) => (s.to_string(), 9092),
+            },
+            _ => (s.to_string(), 9092),
+        })
+        .collect()
+}
+
+/// Whether the allowed-hosts annotation's value lets credentials go to `server`: an entry is a
+/// host (any port) or `host:port`, compared without regard to case.
+pub fn host_allowed(allowed: &str, server: &Server) -> bool {
+    let (host, port) = server;
+    let with_port = format!("{host}:{port}");
+    allowed
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|e| !e.is_empty())
+        .any(|e| e.eq_ignore_ascii_case(host) || e.eq_ignore_ascii_case(&with_port))
+}
+
+/// A Secret of `namespace` that may be sent to every one of `servers`: it carries the
+/// credentials label and lists each server in its allowed-hosts annotation. The content of a
+/// Secret without the label is never fetched: the API server returns it only through the
+/// label-selected list, and its absence there is told apart from a missing Secret by its
+/// metadata alone. `field` is the spec field that names it.
+pub async fn permitted_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    field: &str,
+    servers: &[Server],
+) -> Result<Secret, Problem> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let api_error =
+        |e: kube::Error| Problem::new("KubernetesApiError", format!("reading Secret {name}: {e}"));
+    let params = ListParams::default()
+        .labels(&credentials_selector())
+        .fields(&format!("metadata.name={name}"));
+    let marked = secrets.list(&params).await.map_err(api_error)?.items.pop();
+    let Some(secret) = marked else {
+        let exists = secrets
+            .get_metadata_opt(name)
+            .await
+            .map_err(api_error)?
+            .is_some();
+        return Err(if exists {
+            Problem::new(
+                "CredentialsNotPermitted",
+                format!(
+                    "Secret {namespace}/{name} ({field}) is not marked for use as credentials, so the operator does not read it: whoever administers the server labels it {CREDENTIALS_LABEL}=true and annotates it {ALLOWED_HOSTS} with the servers it may be sent to (docs/security.md)"
+                ),
+            )
+        } else {
+            Problem::new(
+                "CredentialsMissing",
+                format!("Secret {namespace}/{name} ({field}) does not exist"),
+            )
+        });
+    };
+    let allowed = secret
+        .annotations()
+        .get(ALLOWED_HOSTS)
+        .cloned()
+        .unwrap_or_default();
+    let refused: Vec<String> = servers
+        .iter()
+        .filter(|s| !host_allowed(&allowed, s))
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect();
+    if !refused.is_empty() {
+        return Err(Problem::new(
+            "CredentialsNotPermitted",
+            format!(
+                "Secret {namespace}/{name} ({field}) may not be sent to {}: its annotation {ALLOWED_HOSTS} lists {}; whoever administers the server adds it there (docs/security.md)",
+                refused.join(", "),
+                if allowed.trim().is_empty() {
+                    "no server".to_string()
+                } else {
+                    format!("\"{}\"", allowed.trim())
+                }
+            ),
+        ));
+    }
+    Ok(secret)
+}
+
+/// One key of a Secret's data, as text.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The admin login from the Secret named in the spec, when it may be sent to the spec's
+/// database server.
 pub async fn admin_login(client: &Client, am: &AuditManager) -> Result<(String, String), Problem> {
     let namespace = am.namespace().unwrap_or_default();
     let r = &am.spec.database.admin_secret_ref;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let secret = secrets.get_opt(&r.name).await.map_err(|e| {
-        Problem::new(
-            "KubernetesApiError",
-            format!("reading Secret {}: {e}", r.name),
-        )
-    })?;
-    let Some(secret) = secret else {
-        return Err(Problem::new(
+    let server = (am.spec.database.host.clone(), am.spec.database.port as u16);
+    let secret = permitted_secret(
+        client,
+        &namespace,
+        &r.name,
+        "spec.database.adminSecretRef",
+        &[server],
+    )
+    .await
+    .map_err(|p| match p.reason {
+        "CredentialsMissing" => Problem::new(
             "AdminSecretMissing",
             format!(
-                "Secret {namespace}/{} (spec.database.adminSecretRef) does not exist: create it with keys {} and {}",
-                r.name, r.username_key, r.password_key
+                "{}: create it with keys {} and {}",
+                p.message, r.username_key, r.password_key
             ),
-        ));
-    };
+        ),
+        _ => p,
+    })?;
     let value = |key: &str| -> Result<String, Problem> {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                Problem::new(
-                    "AdminSecretIncomplete",
-                    format!("Secret {namespace}/{} has no key `{key}`", r.name),
-                )
-            })
+        secret_value(&secret, key).ok_or_else(|| {
+            Problem::new(
+                "AdminSecretIncomplete",
+                format!("Secret {namespace}/{} has no key `{key}`", r.name),
+            )
+        })
     };
     Ok((value(&r.username_key)?, value(&r.password_key)?))
+}
+
+/// Whether the resource names `secret` as credentials (admin login, SASL password or a client
+/// certificate): a change of such a Secret reconciles the resource.
+pub fn references(am: &AuditManager, secret: &str) -> bool {
+    let spec = &am.spec;
+    let security = &spec.kafka.security;
+    spec.database.admin_secret_ref.name == secret
+        || spec
+            .database
+            .client_cert_secret_ref
+            .as_ref()
+            .is_some_and(|r| r.name == secret)
+        || security
+            .client_cert_secret_ref
+            .as_ref()
+            .is_some_and(|r| r.name == secret)
+        || security
+            .sasl
+            .as_ref()
+            .is_some_and(|s| s.password_secret_ref.name == secret)
 }
 
 /// The three roles' credentials, from their Secrets; passwords are generated once and never
@@ -138,7 +270,8 @@ async fn set_admin_secret_finalizer(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &am.namespace().unwrap_or_default());
     let name = &am.spec.database.admin_secret_ref.name;
     let ours = admin_secret_finalizer(am);
-    let Some(secret) = secrets.get_opt(name).await? else {
+    // Metadata only: the finalizer is all this needs.
+    let Some(secret) = secrets.get_metadata_opt(name).await? else {
         return Ok(());
     };
     let mut finalizers = secret.metadata.finalizers.clone().unwrap_or_default();

@@ -134,15 +134,9 @@ async fn ensure_here(
         Some(version) => format!("{version}, {}", db::protection(mode, true)),
         None => db::protection(mode, false).to_string(),
     };
-    ownership::ensure_unclaimed(&pool, database, roles, &mark)
+    let created = ownership::claim(&pool, database, roles, &mark)
         .await
-        .map_err(|e| failed("checking what exists", &e))?;
-    roles::ensure_roles(&pool, roles, &mark)
-        .await
-        .map_err(|e| failed("creating roles", &e))?;
-    let created = roles::ensure_database(&pool, database, &roles.owner.0, &mark)
-        .await
-        .map_err(|e| failed("creating the database", &e))?;
+        .map_err(|e| failed("creating the roles and the database", &e))?;
     pool.close().await;
     let mut conn = connect(c, database, admin.0, admin.1).await?;
     roles::migrate_as_owner(

@@ -17,6 +17,8 @@ pub mod lease;
 pub mod metrics;
 pub mod observe;
 pub mod provision;
+pub mod record;
 pub mod status;
 pub mod teardown;
+pub mod topic_ids;
 pub mod topics;

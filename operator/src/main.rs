@@ -28,7 +28,7 @@ enum Command {
         /// Address of the metrics and health endpoints.
         #[arg(long, env = "OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
         listen: String,
-        /// Namespace of the leader-election Lease (the operator's own namespace).
+        /// The operator's own namespace: its leader-election Lease and the ownership records.
         #[arg(long, env = "POD_NAMESPACE", default_value = "audit-manager-system")]
         namespace: String,
         /// This replica's identity in the Lease.
@@ -116,6 +116,7 @@ async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "reconciling AuditManager resources"
     );
-    controller::run(Arc::new(Ctx::new(client, metrics, identity))).await;
+    let ctx = Ctx::new(client, metrics, identity).in_namespace(namespace);
+    controller::run(Arc::new(ctx)).await;
     Ok(())
 }

@@ -123,6 +123,9 @@ fn summary(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(200).collect())
 }
 
+/// The largest health answer read from a pod.
+pub const MAX_HEALTH_ANSWER: usize = 64 * 1024;
+
 /// A minimal HTTP/1.0 GET of `path` from `address` (host:port) within 3 s: (status, body).
 async fn get(address: &str, path: &str) -> Result<(u16, String), String> {
     let work = async {
@@ -138,11 +141,20 @@ async fn get(address: &str, path: &str) -> Result<(u16, String), String> {
             )
             .await
             .map_err(|e| format!("sending: {e}"))?;
+        // A pod runs a tenant's image: what it answers is read only up to a bound, so a huge
+        // answer cannot exhaust the operator's memory.
         let mut response = Vec::new();
-        stream
+        (&mut stream)
+            .take(MAX_HEALTH_ANSWER as u64 + 1)
             .read_to_end(&mut response)
             .await
             .map_err(|e| format!("reading: {e}"))?;
+        if response.len() > MAX_HEALTH_ANSWER {
+            return Err(format!(
+                "its answer is larger than {} KiB, so it is not read",
+                MAX_HEALTH_ANSWER / 1024
+            ));
+        }
         let text = String::from_utf8_lossy(&response);
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head
@@ -160,4 +172,49 @@ async fn get(address: &str, path: &str) -> Result<(u16, String), String> {
     tokio::time::timeout(Duration::from_secs(3), work)
         .await
         .map_err(|_| "no answer within 3 s".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers every connection with `status` and a body of `size` bytes.
+    async fn server(size: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = s.read(&mut request).await;
+                    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {size}\r\n\r\n");
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut left = size;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if s.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_huge_health_answer_is_refused_without_being_read() {
+        let (status, body) = get(&server(100).await, paths::HEALTH)
+            .await
+            .expect("a small answer is read");
+        assert_eq!((status, body.len()), (200, 100));
+        let e = get(&server(512 * 1024 * 1024).await, paths::HEALTH)
+            .await
+            .expect_err("half a gigabyte is not read");
+        assert!(e.contains("larger than 64 KiB"), "{e}");
+    }
 }

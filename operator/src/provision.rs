@@ -1,6 +1,7 @@
 //! The external steps of a reconcile: the database with its roles, and the topics. Redone
 //! when the spec or a credential changed, or while either is not ready; otherwise skipped.
 
+use audit_manager::db::roles;
 use audit_manager_crds::AuditManager;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
@@ -9,13 +10,13 @@ use crate::build::{self, Names};
 use crate::connections::{self, Connections};
 use crate::context::{Ctx, Error};
 use crate::status::{Outcome, Problem};
-use crate::{apply, credentials, database, topics};
+use crate::{apply, credentials, database, record, topics};
 
 /// What the external steps left.
 pub struct Provisioned {
     pub database: Outcome,
     pub topics: Outcome,
-    /// Topics this resource created, recorded for teardown.
+    /// Topics this resource created (from the ownership record), shown in the status.
     pub owned_topics: Vec<String>,
     /// The checksum of the role credentials and the referenced TLS/SASL material, in the pod
     /// template: a change rolls the pods.
@@ -24,7 +25,7 @@ pub struct Provisioned {
     pub connections: Result<Connections, Problem>,
 }
 
-/// Runs the database and topic steps when something they depend on changed.
+/// Runs the database step when something it depends on changed, and the topics step.
 pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisioned, Error> {
     let database_name = am.spec.database_name(&am.name_any());
     let generation = am.metadata.generation.unwrap_or(0);
@@ -54,30 +55,22 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
         .get(&uid)
         .is_some_and(|(g, f)| *g == generation && *f == fingerprint && !f.is_empty());
     let previous = am.status.clone().unwrap_or_default();
-    let ready_before = ["DatabaseReady", "TopicsReady"].iter().all(|kind| {
-        previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == *kind && c.status == "True")
-    });
-    let message_of = |kind: &str| {
-        previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == kind)
-            .map(|c| c.message.clone())
-            .unwrap_or_default()
-    };
-    if done && ready_before {
-        return Ok(Provisioned {
-            database: Ok(message_of("DatabaseReady")),
-            topics: Ok(message_of("TopicsReady")),
-            owned_topics: previous.owned_topics,
-            secret_hash,
-            connections,
-        });
-    }
+    let database_ready_before = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "DatabaseReady" && c.status == "True");
+    // Nothing read from a Secret reaches a condition, an Event or a log line.
+    let secrets = secrets_of(&admin, &creds, &connections);
+    // The database step (migrations included) is redone only when its inputs changed; the
+    // topics step runs every time, because it checks that the topics and the cluster are
+    // still the ones this resource created (a topic recreated elsewhere is a conflict).
     let database = match (admin, &creds, &connections) {
+        _ if done && database_ready_before => Ok(previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "DatabaseReady")
+            .map(|c| c.message.clone())
+            .unwrap_or_default()),
         (Err(p), _, _) => Err(p),
         (_, Err(p), _) | (_, _, Err(p)) => Err(p.clone()),
         (Ok(admin), Ok(roles), Ok(c)) => {
@@ -94,16 +87,18 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
             ensured.map(|e| database_ready(&database_name, &e.protection))
         }
     };
+    let database = database.map_err(|p| p.redacted(&secrets));
     let (topics, owned_topics) = match &connections {
         Ok(c) => ensure_topics(ctx, am, c, previous.owned_topics).await?,
         Err(p) => (Err(p.clone()), previous.owned_topics),
     };
+    let topics = topics.map_err(|p| p.redacted(&secrets));
     for outcome in [&database, &topics] {
         if let Err(p) = outcome {
             ctx.warn(am, p).await;
         }
     }
-    if database.is_ok() && topics.is_ok() {
+    if database.is_ok() {
         ctx.provisioned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -116,6 +111,25 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
         secret_hash,
         connections,
     })
+}
+
+/// Every value read from a Secret: the admin login, the role passwords, the SASL password.
+fn secrets_of(
+    admin: &Result<(String, String), Problem>,
+    creds: &Result<roles::Roles, Problem>,
+    connections: &Result<Connections, Problem>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok((user, password)) = admin {
+        out.extend([user.clone(), password.clone()]);
+    }
+    if let Ok(r) = creds {
+        out.extend([&r.owner.1, &r.writer.1, &r.reader.1].map(Clone::clone));
+    }
+    if let Ok(c) = connections {
+        out.push(c.kafka.sasl_password.clone());
+    }
+    out
 }
 
 fn database_ready(database: &str, protection: &str) -> String {
@@ -131,26 +145,43 @@ fn topics_ready(am: &AuditManager, c: &Connections) -> String {
     )
 }
 
-/// Creates or grows the topics; a topic created is recorded in the status at once, because
-/// teardown deletes only topics listed there.
+/// Creates, grows and configures the topics and claims the consumer group, recording what was
+/// created in the ownership record at once (teardown deletes only what it lists); the status
+/// shows the recorded topics for people.
 async fn ensure_topics(
     ctx: &Ctx,
     am: &AuditManager,
     c: &Connections,
-    mut owned: Vec<String>,
+    shown: Vec<String>,
 ) -> Result<(Outcome, Vec<String>), Error> {
-    let report = match topics::ensure(&am.spec.kafka, c, &owned).await {
-        Ok(report) => report,
-        Err(p) => return Ok((Err(p), owned)),
+    let mut recorded = match record::load(&ctx.client, &ctx.namespace, am).await {
+        Ok(r) => r,
+        Err(e) => return Ok((Err(Problem::new("OwnershipRecordUnavailable", e)), shown)),
     };
-    if !report.created.is_empty() {
-        owned.extend(report.created.iter().map(|(name, _)| name.clone()));
+    let before = recorded.clone();
+    let outcome = topics::ensure(&am.spec.kafka, c, &mut recorded).await;
+    if recorded != before
+        && let Err(e) = record::save(&ctx.client, &ctx.namespace, am, &recorded).await
+    {
+        return Ok((Err(Problem::new("OwnershipRecordUnavailable", e)), shown));
+    }
+    let owned: Vec<String> = recorded.topics.keys().cloned().collect();
+    if owned != shown {
         let recorded = serde_json::json!({ "ownedTopics": owned });
         apply::patch_status(&ctx.client, am, recorded).await?;
     }
+    let report = match outcome {
+        Ok(report) => report,
+        Err(p) => return Ok((Err(p), owned)),
+    };
     for (topic, partitions) in &report.created {
         let note = format!("created topic {topic} ({partitions} partitions)");
         ctx.event(am, EventType::Normal, "TopicCreated", note).await;
+    }
+    for t in &report.reconfigured {
+        let note = format!("configured topic {t}");
+        ctx.event(am, EventType::Normal, "TopicReconfigured", note)
+            .await;
     }
     for t in &report.grown {
         ctx.event(
@@ -161,7 +192,14 @@ async fn ensure_topics(
         )
         .await;
     }
-    let outcome = if report.warnings.is_empty() {
+    let outcome = if report.managed_elsewhere {
+        Ok(format!(
+            "topics {} and {} exist with enough partitions (kafka.manageTopics is false: the operator does not change them); Kafka {}",
+            am.spec.kafka.events_topic.name,
+            am.spec.kafka.dlq_topic.name,
+            audit_manager::kafka::protection(&c.kafka)
+        ))
+    } else if report.warnings.is_empty() {
         Ok(topics_ready(am, c))
     } else {
         Ok(report.warnings.join("; "))

@@ -17,6 +17,24 @@ impl Problem {
     pub fn new(reason: &'static str, message: String) -> Problem {
         Problem { reason, message }
     }
+
+    /// The same problem with every one of `secrets` cut out of its message, also where a
+    /// server echoed only its first 63 bytes (PostgreSQL cuts identifiers there): messages
+    /// end up in the status, Events and logs, and a server's error may quote a user name.
+    pub fn redacted<S: AsRef<str>>(mut self, secrets: &[S]) -> Problem {
+        for secret in secrets.iter().map(AsRef::as_ref).filter(|s| !s.is_empty()) {
+            let mut cut = secret.len().min(63);
+            while !secret.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            for form in [secret, &secret[..cut]] {
+                if !form.is_empty() && self.message.contains(form) {
+                    self.message = self.message.replace(form, "[redacted]");
+                }
+            }
+        }
+        self
+    }
 }
 
 impl std::fmt::Display for Problem {
@@ -66,17 +84,56 @@ pub fn lag_within_threshold(
     let threshold = am.spec.lag_threshold;
     if total <= threshold {
         Ok(format!(
-            "consumer lag {total} is within the threshold {threshold}"
+            "consumer lag is within spec.lagThreshold {threshold} (status.consumerLag has the figures)"
         ))
     } else {
         Err(Problem::new(
             "ConsumerLagging",
             format!(
-                "consumer lag {total} exceeds spec.lagThreshold {threshold}: check Healthy and DatabaseReady, or add replicas (up to the {} partitions)",
+                "consumer lag exceeds spec.lagThreshold {threshold} (status.consumerLag has the figures): check Healthy and DatabaseReady, or add replicas (up to the {} partitions)",
                 am.spec.kafka.events_topic.partitions
             ),
         ))
     }
+}
+
+/// The reasons that mean the database, a topic or the consumer group is someone else's.
+pub const CONFLICTS: [&str; 3] = ["DatabaseConflict", "TopicConflict", "ConsumerGroupConflict"];
+
+/// Why no workload may run: a conflict stands on the database or the topics step. The
+/// workload would otherwise write to, and consume from, someone else's database, topics or
+/// consumer group.
+pub fn held(database: &Outcome, topics: &Outcome) -> Option<Problem> {
+    [database, topics]
+        .into_iter()
+        .filter_map(|o| o.as_ref().err())
+        .find(|p| CONFLICTS.contains(&p.reason))
+        .map(|p| {
+            Problem::new(
+                "WorkloadHeld",
+                format!(
+                    "no runtime runs while {} stands (the Deployment, its HPA and the CronJob are removed): {}",
+                    p.reason, p.message
+                ),
+            )
+        })
+}
+
+/// A note when more replicas can run than the events topic has partitions: the extra ones
+/// only ingest, none of them consumes.
+pub fn replicas_note(am: &AuditManager) -> Option<String> {
+    let spec = &am.spec;
+    let (most, field) = if spec.autoscaling.enabled {
+        (spec.autoscaling.max_replicas, "autoscaling.maxReplicas")
+    } else {
+        (spec.replicas, "replicas")
+    };
+    let partitions = spec.kafka.events_topic.partitions;
+    (most > partitions).then(|| {
+        format!(
+            "{field} {most} exceeds the events topic's {partitions} partitions: at most {partitions} replicas consume, the others only ingest (raise kafka.eventsTopic.partitions to spread the writing)"
+        )
+    })
 }
 
 /// Each condition type with its outcome, in the order they are reported: DatabaseReady,
@@ -92,7 +149,10 @@ pub fn outcomes(am: &AuditManager, observed: &Observed) -> Vec<(&'static str, Ou
             observed
                 .workload
                 .as_ref()
-                .map(|w| w.message.clone())
+                .map(|w| match replicas_note(am) {
+                    Some(note) => format!("{}; {note}", w.message),
+                    None => w.message.clone(),
+                })
                 .map_err(Clone::clone),
         ),
         ("Healthy", observed.health.clone()),
@@ -163,6 +223,39 @@ pub fn changed(old: &AuditManagerStatus, new: &AuditManagerStatus) -> bool {
         s
     };
     strip(old) != strip(new)
+}
+
+/// Whether `new` should be written over `old`: something besides the timestamps changed, and
+/// when only the consumer lag moved, the last measurement written is at least `refresh` old.
+/// A status write triggers the next reconcile, so writing every lag that moves would keep the
+/// operator reconciling as long as events flow.
+pub fn worth_writing(
+    old: &AuditManagerStatus,
+    new: &AuditManagerStatus,
+    now: &Time,
+    refresh: std::time::Duration,
+) -> bool {
+    if !changed(old, new) {
+        return false;
+    }
+    let without_lag = |s: &AuditManagerStatus| AuditManagerStatus {
+        consumer_lag: None,
+        ..s.clone()
+    };
+    if changed(&without_lag(old), &without_lag(new)) {
+        return true;
+    }
+    let written = old
+        .consumer_lag
+        .as_ref()
+        .and_then(|l| l.measured_at.as_ref());
+    match written {
+        Some(at) => {
+            let age = now.0.as_second() - at.0.as_second();
+            age < 0 || age as u64 >= refresh.as_secs()
+        }
+        None => true,
+    }
 }
 
 /// The conditions while deletion waits: the others as they were, and `Terminating` True with
@@ -388,12 +481,54 @@ mod tests {
     }
 
     #[test]
+    fn a_conflict_holds_the_workload_and_nothing_else_does() {
+        for reason in CONFLICTS {
+            let p = held(&Ok("fine".into()), &Err(problem(reason))).expect("held");
+            assert_eq!(p.reason, "WorkloadHeld");
+            assert!(p.message.contains(reason), "{}", p.message);
+            assert!(held(&Err(problem(reason)), &Ok("fine".into())).is_some());
+        }
+        for reason in [
+            "DatabaseUnreachable",
+            "KafkaUnreachable",
+            "CredentialsNotPermitted",
+        ] {
+            assert_eq!(held(&Err(problem(reason)), &Err(problem(reason))), None);
+        }
+    }
+
+    #[test]
+    fn more_replicas_than_partitions_is_said_on_workload_available() {
+        let now = at(0);
+        let more = am(
+            json!({"autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 12},
+                   "kafka": {"bootstrapServers": "k:9092", "eventsTopic": {"name": "e", "partitions": 6}}}),
+        );
+        let s = status(&more, &Default::default(), healthy(), &now);
+        let c = condition(&s, "WorkloadAvailable").expect("condition");
+        assert_eq!(c.status, "True");
+        assert!(
+            c.message
+                .contains("autoscaling.maxReplicas 12 exceeds the events topic's 6 partitions"),
+            "{}",
+            c.message
+        );
+        assert_eq!(condition(&s, "Ready").expect("Ready").status, "True");
+        let enough = am(json!({"autoscaling": {"enabled": false}, "replicas": 6,
+                   "kafka": {"bootstrapServers": "k:9092", "eventsTopic": {"name": "e", "partitions": 6}}}));
+        assert_eq!(replicas_note(&enough), None);
+    }
+
+    #[test]
     fn lag_over_the_threshold_is_consumer_lagging() {
         let a = am(json!({"lagThreshold": 10}));
         let within = lag_within_threshold(&a, &Ok(BTreeMap::from([(0, 4), (1, 6)])));
         assert_eq!(
             within,
-            Ok("consumer lag 10 is within the threshold 10".into())
+            Ok(
+                "consumer lag is within spec.lagThreshold 10 (status.consumerLag has the figures)"
+                    .into()
+            )
         );
         let over = lag_within_threshold(&a, &Ok(BTreeMap::from([(0, 11)])));
         let p = over.expect_err("over the threshold");
@@ -492,6 +627,31 @@ mod tests {
         assert_eq!(changed[0].last_transition_time, at(2_000));
         assert_eq!(changed[0].reason, "DatabaseUnreachable");
         assert_eq!(changed[0].status, "False");
+    }
+
+    #[test]
+    fn a_moving_lag_is_written_once_per_refresh_and_a_crossed_threshold_at_once() {
+        let refresh = std::time::Duration::from_secs(30);
+        let a = am(json!({}));
+        let lagging = |n: i64| {
+            let mut o = healthy();
+            o.lag = Ok(BTreeMap::from([(0, n)]));
+            o
+        };
+        let first = status(&a, &AuditManagerStatus::default(), lagging(5), &at(100));
+        // 10 s later the lag moved: not written yet.
+        let soon = status(&a, &first, lagging(7), &at(110));
+        assert!(changed(&first, &soon));
+        assert!(!worth_writing(&first, &soon, &at(110), refresh));
+        // A refresh period later: written.
+        let later = status(&a, &first, lagging(9), &at(130));
+        assert!(worth_writing(&first, &later, &at(130), refresh));
+        // Over the threshold (100): a condition changes, written at once.
+        let over = status(&a, &first, lagging(500), &at(105));
+        assert!(worth_writing(&first, &over, &at(105), refresh));
+        // Nothing changed: never written.
+        let same = status(&a, &first, lagging(5), &at(200));
+        assert!(!worth_writing(&first, &same, &at(200), refresh));
     }
 
     #[test]

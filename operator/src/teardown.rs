@@ -20,7 +20,7 @@ use crate::build::{self, Kind, Names};
 use crate::connections::{self, Connections};
 use crate::context::{Ctx, Error};
 use crate::status::{self, Problem};
-use crate::{credentials, database, topics};
+use crate::{credentials, database, record, topics};
 
 /// The deletion branch of a reconcile: the next teardown steps, then the finalizer goes.
 pub async fn finalize(ctx: &Ctx, am: &AuditManager) -> Result<Action, Error> {
@@ -107,8 +107,9 @@ pub fn preview(am: &AuditManager) -> Vec<String> {
                 out.push("topics: none created by this resource".into())
             }
             DeletionPolicy::Delete => out.push(format!(
-                "topics {} on {}",
+                "topics {} and consumer group {} on {} (each only if still the one this resource created)",
                 owned.join(", "),
+                am.spec.kafka.consumer_group,
                 am.spec.kafka.bootstrap_servers
             )),
             DeletionPolicy::Retain => out.push(format!(
@@ -117,8 +118,14 @@ pub fn preview(am: &AuditManager) -> Vec<String> {
             )),
         }
     }
-    let secrets: Vec<&str> = names.role_secrets().map(String::as_str).to_vec();
-    out.push(format!("Secrets {}", secrets.join(", ")));
+    let secrets = names.role_secrets().map(String::as_str).join(", ");
+    if am.spec.deletion_policy.database == DeletionPolicy::Retain && !skip_external(am) {
+        out.push(format!(
+            "Secrets {secrets}: retained with the database (no longer owned)"
+        ));
+    } else {
+        out.push(format!("Secrets {secrets}"));
+    }
     out
 }
 
@@ -151,12 +158,28 @@ async fn run(am: &AuditManager, ctx: &Ctx) -> Result<Progress, kube::Error> {
             return Ok(Progress::Waiting(p));
         }
     }
-    // 4. The generated Secrets, and the hold on the admin Secret.
+    // 4. The ownership record, the generated Secrets, and the hold on the admin Secret.
+    record::forget(&ctx.client, &ctx.namespace, am).await?;
     credentials::release_admin_secret(&ctx.client, am).await?;
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &am.namespace().unwrap_or_default());
-    for secret in names.role_secrets() {
-        delete_owned(&secrets, secret, am).await?;
+    if am.spec.deletion_policy.database == DeletionPolicy::Retain && !skip_external(am) {
+        // The retained database's roles keep their passwords: their Secrets stay, no longer
+        // owned by this resource.
+        let mut kept = Vec::new();
+        for secret in names.role_secrets() {
+            if apply::disown(&secrets, secret, am).await? {
+                kept.push(secret.as_str());
+            }
+        }
+        if !kept.is_empty() {
+            ctx.event(am, EventType::Normal, "SecretsRetained", format!(
+                "deletionPolicy.database is Retain: the role Secrets {} stay, with the retained roles' passwords", kept.join(", "))).await;
+        }
+    } else {
+        for secret in names.role_secrets() {
+            delete_owned(&secrets, secret, am).await?;
+        }
     }
     ctx.event(
         am,
@@ -204,7 +227,7 @@ async fn delete_children(
     }
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
     for job in jobs
-        .list_metadata(&ListParams::default().labels(&build::selector_string(am)))
+        .list_metadata(&ListParams::default().labels(&build::maintenance_selector_string(am)))
         .await?
         .items
     {
@@ -253,7 +276,10 @@ async fn drop_database(
     }
     let admin = credentials::admin_login(&ctx.client, am).await?;
     let c = connections.as_ref().map_err(Problem::clone)?;
-    let report = database::drop_owned(am, c, admin, db_name, roles.to_vec()).await?;
+    let secrets = [admin.0.clone(), admin.1.clone()];
+    let report = database::drop_owned(am, c, admin, db_name, roles.to_vec())
+        .await
+        .map_err(|p| p.redacted(&secrets))?;
     let kind = if report.left.is_empty() {
         EventType::Normal
     } else {
@@ -269,24 +295,41 @@ async fn delete_topics(
     ctx: &Ctx,
     connections: &Result<Connections, Problem>,
 ) -> Result<(), Problem> {
-    let owned = owned_topics(am);
-    let wanted = [
-        &am.spec.kafka.events_topic.name,
-        &am.spec.kafka.dlq_topic.name,
-    ];
-    let not_ours: Vec<&String> = wanted
-        .iter()
-        .copied()
-        .filter(|t| !owned.contains(t))
-        .collect();
+    // The ownership record, not the status: anyone allowed to patch the status could list
+    // someone else's topic there.
+    let recorded = record::load(&ctx.client, &ctx.namespace, am)
+        .await
+        .map_err(|e| Problem::new("OwnershipRecordUnavailable", e))?;
+    let owned: Vec<String> = recorded.topics.keys().cloned().collect();
+    let not_ours: Vec<&str> = [
+        am.spec.kafka.events_topic.name.as_str(),
+        am.spec.kafka.dlq_topic.name.as_str(),
+    ]
+    .into_iter()
+    .filter(|t| !recorded.topics.contains_key(*t))
+    .collect();
+    if !am.spec.kafka.manage_topics {
+        ctx.event(
+            am,
+            EventType::Normal,
+            "TopicsRetained",
+            format!(
+                "kafka.manageTopics is false: topics {} and {} are managed elsewhere and stay",
+                am.spec.kafka.events_topic.name, am.spec.kafka.dlq_topic.name
+            ),
+        )
+        .await;
+        return Ok(());
+    }
     if am.spec.deletion_policy.topics == DeletionPolicy::Retain {
         ctx.event(
             am,
             EventType::Normal,
             "TopicsRetained",
             format!(
-                "deletionPolicy.topics is Retain: topics {} stay on {}",
+                "deletionPolicy.topics is Retain: topics {} and consumer group {} stay on {}",
                 owned.join(", "),
+                recorded.consumer_group.as_deref().unwrap_or("(none)"),
                 am.spec.kafka.bootstrap_servers
             ),
         )
@@ -294,23 +337,31 @@ async fn delete_topics(
         return Ok(());
     }
     let c = connections.as_ref().map_err(Problem::clone)?;
-    let deleted = topics::delete(&am.spec.kafka, c, &owned).await?;
-    let mut note = if deleted.is_empty() {
-        "deleted no topic".to_string()
+    let report = topics::delete(&am.spec.kafka, c, &recorded).await?;
+    let mut note = if report.deleted.is_empty() {
+        "deleted nothing in Kafka".to_string()
     } else {
-        format!("deleted topics {}", deleted.join(", "))
+        format!("deleted {}", report.deleted.join(", "))
     };
-    if !not_ours.is_empty() {
-        note.push_str(&format!(
-            "; left alone (not created by this resource): {}",
-            not_ours
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    let mut left: Vec<String> = not_ours
+        .iter()
+        .map(|t| format!("topic {t} (not created by this resource)"))
+        .collect();
+    left.extend(report.left);
+    if !left.is_empty() {
+        note.push_str(&format!("; left alone: {}", left.join(", ")));
     }
-    ctx.event(am, EventType::Normal, "TopicsDeleted", note)
-        .await;
+    let kind = if report_left_warns(&left, &not_ours) {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    ctx.event(am, kind, "TopicsDeleted", note).await;
     Ok(())
+}
+
+/// Whether something recorded as ours was left (a recreated topic, another cluster): worth a
+/// Warning; a topic that was never ours is the normal case.
+fn report_left_warns(left: &[String], not_ours: &[&str]) -> bool {
+    left.len() > not_ours.len()
 }

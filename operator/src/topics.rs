@@ -7,12 +7,17 @@ use std::time::Duration;
 use audit_manager_crds::{KafkaSpec, TopicSpec};
 use rdkafka::ClientConfig;
 use rdkafka::TopicPartitionList;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::connections::Connections;
+use crate::record::Record;
 use crate::status::Problem;
+use crate::topic_ids;
 
 fn unreachable(kafka: &KafkaSpec, e: impl std::fmt::Display) -> Problem {
     Problem::new(
@@ -81,37 +86,138 @@ pub struct Report {
     /// Name and partitions of each topic this call created.
     pub created: Vec<(String, i32)>,
     pub grown: Vec<String>,
+    /// Topics whose configuration was brought to the spec, with what changed.
+    pub reconfigured: Vec<String>,
+    /// `kafka.manageTopics` is false: the topics were only checked.
+    pub managed_elsewhere: bool,
     pub warnings: Vec<String>,
 }
 
-/// Creates missing topics and grows partitions up to the spec. A topic that exists but is not
-/// in `owned` (created by this resource) is reported as a conflict and left alone.
+/// The topic configuration the spec manages: `retention.ms`, `compression.type` and, when
+/// set, `min.insync.replicas`.
+pub fn managed_config(topic: &TopicSpec) -> BTreeMap<&'static str, String> {
+    let compression = serde_json::to_value(topic.compression)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "producer".into());
+    let mut config = BTreeMap::from([
+        ("retention.ms", topic.retention_ms.to_string()),
+        ("compression.type", compression),
+    ]);
+    if let Some(n) = topic.min_insync_replicas {
+        config.insert("min.insync.replicas", n.to_string());
+    }
+    config
+}
+
+/// The Kafka cluster's id and the id of each existing topic among `names`.
+struct Identity {
+    cluster: String,
+    topics: BTreeMap<String, String>,
+}
+
+async fn identify(
+    kafka: &KafkaSpec,
+    c: &Connections,
+    names: Vec<String>,
+) -> Result<Identity, Problem> {
+    let spec = kafka.clone();
+    let admin = admin(kafka, c)?;
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(10);
+        let cluster =
+            topic_ids::cluster_id(admin.inner(), timeout).map_err(|e| unreachable(&spec, e))?;
+        let topics = topic_ids::topic_ids(admin.inner(), &names, timeout)
+            .map_err(|e| unreachable(&spec, e))?;
+        Ok(Identity { cluster, topics })
+    })
+    .await
+    .map_err(|e| Problem::new("InternalError", e.to_string()))?
+}
+
+fn field_of(kafka: &KafkaSpec, topic: &TopicSpec) -> &'static str {
+    if topic.name == kafka.events_topic.name {
+        "eventsTopic"
+    } else {
+        "dlqTopic"
+    }
+}
+
+/// Creates missing topics, grows partitions up to the spec and applies the managed topic
+/// configuration, touching only what `record` says this resource created: the same Kafka
+/// cluster (its id) and the same topics (their ids; a topic deleted and created again by
+/// someone else has a new one). A topic that exists but is not recorded, or is recorded with
+/// another id, is a conflict and left alone; so is a consumer group that existed before this
+/// resource claimed it. What is created or claimed is added to `record`, which the caller
+/// saves whatever the outcome.
 pub async fn ensure(
     kafka: &KafkaSpec,
     c: &Connections,
-    owned: &[String],
+    record: &mut Record,
 ) -> Result<Report, Problem> {
+    if !kafka.manage_topics {
+        let report = check_only(kafka, c).await?;
+        claim_group(kafka, c, record).await?;
+        return Ok(report);
+    }
     let admin = admin(kafka, c)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut report = Report::default();
     let topics = [&kafka.events_topic, &kafka.dlq_topic];
-    let found = existing(kafka, c, topics.iter().map(|t| t.name.clone()).collect()).await?;
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    let identity = identify(kafka, c, names.clone()).await?;
+    match &record.kafka_cluster_id {
+        Some(id) if *id != identity.cluster => {
+            return Err(Problem::new(
+                "TopicConflict",
+                format!(
+                    "{} reaches Kafka cluster {}, but this resource's topics were created on cluster {id}: nothing is created, changed or deleted there",
+                    kafka.bootstrap_servers, identity.cluster
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => record.kafka_cluster_id = Some(identity.cluster.clone()),
+    }
+    let found = existing(kafka, c, names).await?;
     for topic in topics {
-        match found.get(&topic.name).copied() {
-            None => {
+        let field = field_of(kafka, topic);
+        let id = identity.topics.get(&topic.name);
+        match (id, record.topics.get(&topic.name)) {
+            (None, _) => {
                 create(&admin, &options, topic).await?;
+                let created = identify(kafka, c, vec![topic.name.clone()]).await?;
+                let id = created.topics.get(&topic.name).cloned().ok_or_else(|| {
+                    Problem::new(
+                        "TopicProvisioningFailed",
+                        format!("topic {} was created but cannot be described", topic.name),
+                    )
+                })?;
+                record.topics.insert(topic.name.clone(), id);
                 report.created.push((topic.name.clone(), topic.partitions));
+                continue;
             }
-            Some(_) if !owned.contains(&topic.name) => {
+            (Some(_), None) => {
                 return Err(Problem::new(
                     "TopicConflict",
                     format!(
-                        "topic {} already existed and was not created by this AuditManager; it is left alone: set spec.kafka.{}.name to another name",
-                        topic.name,
-                        if topic.name == kafka.events_topic.name { "eventsTopic" } else { "dlqTopic" }
+                        "topic {} already existed and was not created by this AuditManager; it is left alone: set spec.kafka.{field}.name to another name",
+                        topic.name
                     ),
                 ));
             }
+            (Some(now), Some(ours)) if now != ours => {
+                return Err(Problem::new(
+                    "TopicConflict",
+                    format!(
+                        "topic {} is not the one this resource created (its id was {ours}, it is {now}): it was deleted and created again elsewhere, so it is left alone",
+                        topic.name
+                    ),
+                ));
+            }
+            (Some(_), Some(_)) => {}
+        }
+        match found.get(&topic.name).copied() {
             Some(n) if n < topic.partitions => {
                 let results = admin
                     .create_partitions(&[NewPartitions::new(&topic.name, topic.partitions as usize)], &options)
@@ -126,10 +232,161 @@ pub async fn ensure(
                 "{} has {n} partitions, more than the {} in the spec: Kafka cannot remove partitions, so it stays at {n} (PartitionDecreaseNotSupported)",
                 topic.name, topic.partitions
             )),
+            _ => {}
+        }
+        if let Some(change) = reconfigure(&admin, &options, kafka, topic).await? {
+            report.reconfigured.push(change);
+        }
+    }
+    claim_group(kafka, c, record).await?;
+    Ok(report)
+}
+
+/// Records the consumer group as this resource's, unless it already exists (members or
+/// committed offsets) without having been claimed: someone else's offsets would then decide
+/// what is stored.
+async fn claim_group(
+    kafka: &KafkaSpec,
+    c: &Connections,
+    record: &mut Record,
+) -> Result<(), Problem> {
+    if record.consumer_group.as_deref() != Some(kafka.consumer_group.as_str()) {
+        if let Some(state) = group_state(kafka, c).await? {
+            return Err(Problem::new(
+                "ConsumerGroupConflict",
+                format!(
+                    "consumer group {} already exists (state {state}) and was not created by this AuditManager: its committed offsets would decide what is stored; it is left alone: set spec.kafka.consumerGroup to another name",
+                    kafka.consumer_group
+                ),
+            ));
+        }
+        record.consumer_group = Some(kafka.consumer_group.clone());
+    }
+    Ok(())
+}
+
+/// With `kafka.manageTopics: false`: the topics must exist with at least the spec's
+/// partitions; nothing is created, changed or recorded.
+async fn check_only(kafka: &KafkaSpec, c: &Connections) -> Result<Report, Problem> {
+    let topics = [&kafka.events_topic, &kafka.dlq_topic];
+    let found = existing(kafka, c, topics.iter().map(|t| t.name.clone()).collect()).await?;
+    for topic in topics {
+        let field = field_of(kafka, topic);
+        match found.get(&topic.name).copied() {
+            None => {
+                return Err(Problem::new(
+                    "TopicMissing",
+                    format!(
+                        "kafka.manageTopics is false and topic {} does not exist: create it where the topics are managed (e.g. a Strimzi KafkaTopic) with at least {} partitions, or set spec.kafka.{field}.name",
+                        topic.name, topic.partitions
+                    ),
+                ));
+            }
+            Some(n) if n < topic.partitions => {
+                return Err(Problem::new(
+                    "TopicTooSmall",
+                    format!(
+                        "kafka.manageTopics is false and topic {} has {n} partitions, fewer than the {} of spec.kafka.{field}.partitions: grow it where the topics are managed",
+                        topic.name, topic.partitions
+                    ),
+                ));
+            }
             Some(_) => {}
         }
     }
-    Ok(report)
+    Ok(Report {
+        managed_elsewhere: true,
+        ..Report::default()
+    })
+}
+
+/// The consumer group's state when it exists (it has members or committed offsets).
+async fn group_state(kafka: &KafkaSpec, c: &Connections) -> Result<Option<String>, Problem> {
+    let spec = kafka.clone();
+    let config = client(c);
+    tokio::task::spawn_blocking(move || {
+        let probe: BaseConsumer = config.create().map_err(|e| unreachable(&spec, e))?;
+        let groups = probe
+            .fetch_group_list(Some(&spec.consumer_group), Duration::from_secs(10))
+            .map_err(|e| unreachable(&spec, e))?;
+        Ok(groups
+            .groups()
+            .iter()
+            .find(|g| g.name() == spec.consumer_group)
+            .map(|g| g.state().to_string())
+            .filter(|s| !s.is_empty() && s != "Dead"))
+    })
+    .await
+    .map_err(|e| Problem::new("InternalError", e.to_string()))?
+}
+
+/// Brings an owned topic's managed configuration to the spec (a change of `retentionMs`,
+/// `compression` or `minInsyncReplicas` after creation). Kafka's AlterConfigs replaces the
+/// topic's whole dynamic configuration, so the overrides the spec does not manage are sent
+/// back as they are. Says what changed, or None when nothing had to.
+async fn reconfigure(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    kafka: &KafkaSpec,
+    topic: &TopicSpec,
+) -> Result<Option<String>, Problem> {
+    let failed = |e: String| {
+        Problem::new(
+            "TopicProvisioningFailed",
+            format!("configuring topic {}: {e}", topic.name),
+        )
+    };
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(&topic.name)], options)
+        .await
+        .map_err(|e| unreachable(kafka, e))?;
+    let resource = described
+        .into_iter()
+        .next()
+        .ok_or_else(|| failed("no answer".into()))?
+        .map_err(|code| failed(code.to_string()))?;
+    let entries = resource.entry_map();
+    let wanted = managed_config(topic);
+    let mut changes = Vec::new();
+    for (key, value) in &wanted {
+        let now = entries.get(key).and_then(|e| e.value.clone());
+        if now.as_deref() != Some(value.as_str()) {
+            changes.push(format!("{key} {} → {value}", now.unwrap_or_default()));
+        }
+    }
+    // min.insync.replicas taken out of the spec: back to the broker's default.
+    let dropped_min_isr = !wanted.contains_key("min.insync.replicas")
+        && entries
+            .get("min.insync.replicas")
+            .is_some_and(|e| e.source == ConfigSource::DynamicTopic);
+    if dropped_min_isr {
+        changes.push("min.insync.replicas → the broker's default".into());
+    }
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&topic.name));
+    for e in resource.entries.iter().filter(|e| {
+        e.source == ConfigSource::DynamicTopic
+            && !e.is_sensitive
+            && !wanted.contains_key(e.name.as_str())
+            && e.name != "min.insync.replicas"
+    }) {
+        if let Some(v) = &e.value {
+            alter = alter.set(&e.name, v);
+        }
+    }
+    for (key, value) in &wanted {
+        alter = alter.set(key, value);
+    }
+    for r in admin
+        .alter_configs(&[alter], options)
+        .await
+        .map_err(|e| unreachable(kafka, e))?
+    {
+        r.map_err(|(_, code)| failed(code.to_string()))?;
+    }
+    Ok(Some(format!("{}: {}", topic.name, changes.join(", "))))
 }
 
 async fn create(
@@ -137,18 +394,17 @@ async fn create(
     options: &AdminOptions,
     topic: &TopicSpec,
 ) -> Result<(), Problem> {
-    let retention = topic.retention_ms.to_string();
-    let compression = serde_json::to_value(topic.compression)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "producer".into());
-    let new = NewTopic::new(
+    let config = managed_config(topic);
+    // -1: the broker's `default.replication.factor` (KIP-464).
+    let replication = topic.replication_factor.unwrap_or(-1);
+    let mut new = NewTopic::new(
         &topic.name,
         topic.partitions,
-        TopicReplication::Fixed(topic.replication_factor),
-    )
-    .set("retention.ms", &retention)
-    .set("compression.type", &compression);
+        TopicReplication::Fixed(replication),
+    );
+    for (key, value) in &config {
+        new = new.set(key, value);
+    }
     let results = admin.create_topics(&[new], options).await.map_err(|e| {
         Problem::new(
             "KafkaUnreachable",
@@ -216,38 +472,86 @@ pub fn lag(kafka: &KafkaSpec, c: &Connections) -> Result<BTreeMap<i32, i64>, Pro
     lags
 }
 
-/// Deletes `names` (those that exist).
+/// What teardown did with the recorded topics and group.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    pub deleted: Vec<String>,
+    /// Recorded, but left alone, with why.
+    pub left: Vec<String>,
+}
+
+/// Deletes the topics and the consumer group `record` says this resource created, each only
+/// when it is still that one: the same cluster and the same topic id. Anything else is left
+/// and named.
 pub async fn delete(
     kafka: &KafkaSpec,
     c: &Connections,
-    names: &[String],
-) -> Result<Vec<String>, Problem> {
-    let admin = admin(kafka, c)?;
-    let found = existing(kafka, c, names.to_vec()).await?;
-    let existing: Vec<String> = names
-        .iter()
-        .filter(|n| found.contains_key(*n))
-        .cloned()
-        .collect();
-    if existing.is_empty() {
-        return Ok(existing);
+    record: &Record,
+) -> Result<Deleted, Problem> {
+    let mut out = Deleted::default();
+    if record.topics.is_empty() && record.consumer_group.is_none() {
+        return Ok(out);
     }
-    let refs: Vec<&str> = existing.iter().map(String::as_str).collect();
+    let admin = admin(kafka, c)?;
+    let identity = identify(kafka, c, record.topics.keys().cloned().collect()).await?;
+    if record.kafka_cluster_id.as_deref() != Some(identity.cluster.as_str()) {
+        out.left.push(format!(
+            "topics {} (created on Kafka cluster {}, but {} reaches cluster {})",
+            record.topics.keys().cloned().collect::<Vec<_>>().join(", "),
+            record.kafka_cluster_id.as_deref().unwrap_or("unknown"),
+            kafka.bootstrap_servers,
+            identity.cluster
+        ));
+        return Ok(out);
+    }
+    let mut doomed = Vec::new();
+    for (name, ours) in &record.topics {
+        match identity.topics.get(name) {
+            None => {}
+            Some(now) if now == ours => doomed.push(name.as_str()),
+            Some(now) => out.left.push(format!(
+                "topic {name} (recreated elsewhere: its id was {ours}, it is {now})"
+            )),
+        }
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .delete_topics(&refs, &options)
-        .await
-        .map_err(|e| unreachable(kafka, e))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-            Err((name, code)) => {
-                return Err(Problem::new(
-                    "TopicDeletionFailed",
-                    format!("deleting topic {name}: {code}"),
-                ));
+    if !doomed.is_empty() {
+        let results = admin
+            .delete_topics(&doomed, &options)
+            .await
+            .map_err(|e| unreachable(kafka, e))?;
+        for r in results {
+            match r {
+                Ok(name) => out.deleted.push(format!("topic {name}")),
+                Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => {
+                    return Err(Problem::new(
+                        "TopicDeletionFailed",
+                        format!("deleting topic {name}: {code}"),
+                    ));
+                }
             }
         }
     }
-    Ok(existing)
+    if let Some(group) = &record.consumer_group {
+        let results = admin
+            .delete_groups(&[group.as_str()], &options)
+            .await
+            .map_err(|e| unreachable(kafka, e))?;
+        for r in results {
+            match r {
+                Ok(name) => out.deleted.push(format!("consumer group {name}")),
+                Err((_, rdkafka::types::RDKafkaErrorCode::GroupIdNotFound)) => {}
+                Err((name, code)) => {
+                    return Err(Problem::new(
+                        "TopicDeletionFailed",
+                        format!(
+                            "deleting consumer group {name} (its consumers may still be leaving): {code}"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
 }

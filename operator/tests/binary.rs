@@ -4,47 +4,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use audit_manager_crds::AuditManager;
-use common::{Fixture, condition};
+use common::{Fixture, Operator, condition};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use serde_json::json;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_audit-manager-operator");
-
-/// An operator process, killed when dropped.
-struct Operator(Child);
-
-impl Operator {
-    fn start(identity: &str, namespace: &str) -> Operator {
-        let kube = audit_testenv::kube();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let child = Command::new(BINARY)
-            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
-            .env("KUBECONFIG", kube.kubeconfig())
-            .env("POD_NAME", identity)
-            .env("POD_NAMESPACE", namespace)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the operator");
-        Operator(child)
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn holder(leases: &Api<Lease>) -> Option<String> {
     leases
@@ -59,12 +25,7 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
 async fn one_leader_reconciles_and_a_standby_takes_over() {
     let f = Fixture::new(true, json!({})).await;
     let system = common::unique("operator-system");
-    let namespaces: Api<Namespace> = Api::all(f.client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": system}})).expect("ns");
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    common::create_namespace(&f.client, &system).await;
 
     let mut first = Some(Operator::start("operator-a", &system));
     let leases: Api<Lease> = Api::namespaced(f.client.clone(), &system);

@@ -86,10 +86,12 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         json!({"ca.crt": ca, "ca.p12": "", "ca.password": ""}),
     )
     .await;
-    common::create_secret(
-        &f,
+    common::create_credentials(
+        &f.client,
+        &f.namespace,
         "audit-kafka-user",
         json!({"password": audit_testenv::SASL_PASSWORD, "sasl.jaas.config": "unused here"}),
+        common::TEST_HOSTS,
     )
     .await;
     let ctx = Arc::new(Ctx::new(

@@ -46,16 +46,21 @@ async fn an_unreachable_database_is_reported_and_recovers_when_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_kafka_is_reported_and_recovers_when_fixed() {
-    let closed = {
+    // bootstrapServers cannot change once set: the address is right, and nothing answers there
+    // until a forwarder to the broker starts (the broker then advertises its own address).
+    let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let f = Fixture::new(true, json!({})).await;
-    let wrong = json!({"spec": {"kafka": {"bootstrapServers": format!("127.0.0.1:{closed}")}}});
-    f.api::<audit_manager_crds::AuditManager>()
-        .patch(&f.name, &PatchParams::default(), &Patch::Merge(wrong))
-        .await
-        .expect("point at nothing");
+    let f = Fixture::new(
+        true,
+        json!({"kafka": {
+            "bootstrapServers": format!("127.0.0.1:{port}"),
+            "eventsTopic": {"name": format!("{}.events", common::unique("fault")), "partitions": 3},
+            "dlqTopic": {"name": format!("{}.dlq", common::unique("fault")), "partitions": 1},
+            "consumerGroup": common::unique("fault-group")}}),
+    )
+    .await;
     let am = f.reconcile().await;
     let (status, reason, message) = condition(&am, "TopicsReady");
     assert_eq!(
@@ -69,12 +74,20 @@ async fn an_unreachable_kafka_is_reported_and_recovers_when_fixed() {
         "True",
         "the database does not wait for Kafka"
     );
-    let right =
-        json!({"spec": {"kafka": {"bootstrapServers": audit_testenv::kafka().bootstrap()}}});
-    f.api::<audit_manager_crds::AuditManager>()
-        .patch(&f.name, &PatchParams::default(), &Patch::Merge(right))
+    let broker = audit_testenv::kafka().bootstrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
-        .expect("fix");
+        .expect("bind the forwarder");
+    let forwarder = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
     let am = f.reconcile().await;
     assert_eq!(
         condition(&am, "TopicsReady").0,
@@ -82,6 +95,8 @@ async fn an_unreachable_kafka_is_reported_and_recovers_when_fixed() {
         "{:?}",
         condition(&am, "TopicsReady")
     );
+    f.delete_and_reconcile_until_gone().await;
+    forwarder.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

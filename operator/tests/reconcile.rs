@@ -113,7 +113,7 @@ async fn provisions_the_database_topics_and_children_and_keeps_them() {
     assert!(owned_by(pdb.metadata.owner_references, &uid));
     let cron = f
         .api::<CronJob>()
-        .get(&format!("{}-maintenance", f.app()))
+        .get(&format!("{}-maintenance", f.name))
         .await
         .expect("cronjob");
     assert!(owned_by(cron.metadata.owner_references, &uid));

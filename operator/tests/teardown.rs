@@ -94,7 +94,7 @@ async fn nothing_left(f: &Fixture) {
     );
     assert!(
         f.api::<CronJob>()
-            .get_opt(&format!("{}-maintenance", f.app()))
+            .get_opt(&format!("{}-maintenance", f.name))
             .await
             .expect("get")
             .is_none()

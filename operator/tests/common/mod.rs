@@ -19,7 +19,21 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 
+/// Creates a namespace unless it exists.
+pub async fn create_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
 pub async fn install(client: &Client) {
+    // The operator's own namespace holds the ownership records.
+    create_namespace(client, audit_manager_operator::context::DEFAULT_NAMESPACE).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
         AuditManager::crd_name(),
@@ -183,7 +197,12 @@ impl Fixture {
                 .await
                 .expect("reconcile");
         }
-        panic!("the resource was not gone after 30 reconciles");
+        let waiting = api
+            .get_opt(&self.name)
+            .await
+            .expect("get")
+            .map(|am| condition(&am, "Terminating"));
+        panic!("the resource was not gone after 30 reconciles: {waiting:?}");
     }
 
     pub fn app(&self) -> String {
@@ -213,17 +232,44 @@ pub async fn create_secret(f: &Fixture, name: &str, string_data: Value) {
         .expect("apply secret");
 }
 
+/// The hosts the test servers are reached by: what the fixture's credentials are allowed to go to.
+pub const TEST_HOSTS: &str = "localhost, 127.0.0.1";
+
+/// Creates (or replaces) a Secret marked as credentials for `allowed_hosts`, as an admin of
+/// the servers would.
+pub async fn create_credentials(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    string_data: Value,
+    allowed_hosts: &str,
+) {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name,
+                             "labels": {audit_manager_crds::CREDENTIALS_LABEL: "true"},
+                             "annotations": {audit_manager_crds::ALLOWED_HOSTS: allowed_hosts}},
+                "stringData": string_data})),
+        )
+        .await
+        .expect("apply credentials Secret");
+}
+
+/// The admin login of the test PostgreSQL, marked for the test hosts.
 pub async fn create_admin_secret(client: &Client, namespace: &str) {
     let (user, password) = audit_testenv::postgres().superuser();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "pg-admin"},
-        "stringData": {"username": user, "password": password},
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create admin secret");
+    create_credentials(
+        client,
+        namespace,
+        "pg-admin",
+        json!({"username": user, "password": password}),
+        TEST_HOSTS,
+    )
+    .await;
 }
 
 pub fn condition(am: &AuditManager, kind: &str) -> (String, String, String) {
@@ -235,8 +281,13 @@ pub fn condition(am: &AuditManager, kind: &str) -> (String, String, String) {
 }
 
 pub fn topic_partitions(topic: &str) -> usize {
+    partitions_on(&audit_testenv::kafka().bootstrap(), topic)
+}
+
+/// The partitions of `topic` on the broker at `bootstrap` (0: it does not exist).
+pub fn partitions_on(bootstrap: &str, topic: &str) -> usize {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", audit_testenv::kafka().bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("consumer");
     let metadata = consumer
@@ -259,4 +310,52 @@ pub fn owned_by(refs: Option<Vec<OwnerReference>>, uid: &str) -> bool {
 /// The `audit-manager` binary of this workspace (see [`audit_testenv::workspace_binary`]).
 pub fn runtime_binary() -> std::path::PathBuf {
     audit_testenv::workspace_binary("audit-manager")
+}
+
+/// An operator process (`audit-manager-operator run`) against the test API server, killed when
+/// dropped.
+pub struct Operator {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Operator {
+    pub fn start(identity: &str, namespace: &str) -> Operator {
+        let kube = audit_testenv::kube();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_audit-manager-operator"))
+            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", kube.kubeconfig())
+            .env("POD_NAME", identity)
+            .env("POD_NAMESPACE", namespace)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the operator");
+        Operator { child, port }
+    }
+
+    /// One counter of its /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let mut client =
+            audit_testenv::http::HttpClient::connect(&format!("127.0.0.1:{}", self.port))
+                .await
+                .expect("connect to the operator's metrics");
+        let answer = client.get("/metrics").await.expect("GET /metrics");
+        let body = String::from_utf8_lossy(&answer.body).into_owned();
+        assert_eq!(answer.status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} not in {body}"))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -82,6 +82,80 @@ pub async fn ensure_unclaimed(
     Ok(())
 }
 
+/// Claims the database and roles for `mark`, atomically with their creation: under an
+/// advisory lock named after the database (so two resources naming the same database, even
+/// through two operators, take turns), it refuses what someone else made, creates and marks
+/// the roles (each in one transaction), then the database. A database left unmarked by an
+/// interrupted claim (created, not yet commented) is finished when its owner is this claim's
+/// marked owner role. Says whether the database was created.
+pub async fn claim(
+    pool: &PgPool,
+    database: &str,
+    roles: &Roles,
+    mark: &str,
+) -> Result<bool, DbError> {
+    // The pool has one connection: the session lock is held on it until released below (or
+    // until the connection closes, if this task dies).
+    let key = format!("audit-manager:claim:{database}");
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(&key)
+        .execute(pool)
+        .await
+        .context(|| format!("locking the claim of {database}"))?;
+    let result = claim_locked(pool, database, roles, mark).await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(&key)
+        .execute(pool)
+        .await
+        .context(|| format!("unlocking the claim of {database}"))?;
+    result
+}
+
+async fn claim_locked(
+    pool: &PgPool,
+    database: &str,
+    roles: &Roles,
+    mark: &str,
+) -> Result<bool, DbError> {
+    finish_interrupted(pool, database, &roles.owner.0, mark).await?;
+    ensure_unclaimed(pool, database, roles, mark).await?;
+    super::roles::ensure_roles(pool, roles, mark).await?;
+    super::roles::ensure_database(pool, database, &roles.owner.0, mark).await
+}
+
+/// Marks `database` when it has no comment at all and belongs to `owner`, itself marked: the
+/// claim that created it was interrupted before its COMMENT.
+async fn finish_interrupted(
+    pool: &PgPool,
+    database: &str,
+    owner: &str,
+    mark: &str,
+) -> Result<(), DbError> {
+    let unmarked_ours: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba
+                         WHERE d.datname = $1 AND r.rolname = $2
+                           AND shobj_description(d.oid, 'pg_database') IS NULL
+                           AND shobj_description(r.oid, 'pg_authid') = $3)",
+    )
+    .bind(database)
+    .bind(owner)
+    .bind(mark)
+    .fetch_one(pool)
+    .await
+    .context(|| format!("checking database {database}"))?;
+    if unmarked_ours {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "COMMENT ON DATABASE {} IS {}",
+            ident(database),
+            super::literal(mark)
+        )))
+        .execute(pool)
+        .await
+        .context(|| format!("marking database {database}"))?;
+    }
+    Ok(())
+}
+
 /// What teardown dropped and what it left because someone else made it.
 #[derive(Debug, Default)]
 pub struct Dropped {
@@ -108,7 +182,8 @@ impl std::fmt::Display for Dropped {
 }
 
 /// Drops the database and the roles that carry `mark`, leaving everything else alone. Roles'
-/// remaining objects elsewhere are reassigned to the admin first.
+/// remaining objects elsewhere are reassigned to the admin first. Works with an admin that has
+/// only CREATEROLE and CREATEDB.
 pub async fn drop_marked(
     pool: &PgPool,
     database: &str,
@@ -139,8 +214,12 @@ pub async fn drop_marked(
         match owner_of(pool, Object::Role(role), mark).await? {
             Owner::Absent => {}
             Owner::Marked => {
+                // REASSIGN needs the privileges of both roles: an admin that is not a
+                // superuser (CREATEROLE only) takes membership first, which it may grant
+                // itself for a role it created.
                 let sql = format!(
-                    "REASSIGN OWNED BY {role} TO {admin}; DROP OWNED BY {role}; DROP ROLE {role}",
+                    "GRANT {role} TO {admin}; REASSIGN OWNED BY {role} TO {admin}; \
+                     DROP OWNED BY {role}; DROP ROLE {role}",
                     role = ident(role),
                     admin = ident(&admin)
                 );

@@ -9,6 +9,11 @@ use super::{Context, DbError};
 /// Advisory lock key of partition maintenance ("auditmnt").
 const MAINTENANCE_LOCK: i64 = 0x6175_6469_746d_6e74;
 
+/// How long maintenance waits for a table lock before it gives up (and retries at its next
+/// run). Creating or dropping a partition locks `audit_events`; a lock request that waits
+/// queues every insert behind it, so the sink would stall for as long as maintenance waits.
+pub const MAINTENANCE_LOCK_TIMEOUT: &str = "5s";
+
 /// A calendar month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Month {
@@ -147,6 +152,12 @@ pub async fn maintain(
         .execute(&mut *tx)
         .await
         .context(|| "taking the partition maintenance lock".into())?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'"
+    )))
+    .execute(&mut *tx)
+    .await
+    .context(|| "setting the maintenance lock timeout".into())?;
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i
            JOIN pg_class c ON c.oid = i.inhrelid
@@ -181,6 +192,11 @@ pub async fn maintain(
                 .execute(&mut *tx)
                 .await
                 .context(|| format!("dropping expired partition {}", month.table()))?;
+            tracing::warn!(
+                partition = month.table(),
+                retention_months,
+                "dropping an expired partition (committed with this run)"
+            );
             report.dropped.push(month.table());
         }
     }

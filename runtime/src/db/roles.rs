@@ -37,25 +37,24 @@ pub async fn ensure_roles(admin: &PgPool, roles: &Roles, comment: &str) -> Resul
                 .await
                 .context(|| format!("checking role {name}"))?;
         let verb = if exists { "ALTER" } else { "CREATE" };
-        let sql = format!(
-            "{verb} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT PASSWORD {}",
+        let mut sql = format!(
+            "{verb} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT PASSWORD {};",
             ident(name),
             literal(password)
         );
+        if !exists {
+            // Created and marked in one transaction: a role never exists unmarked, even if
+            // this process dies in between.
+            sql = format!(
+                "BEGIN; {sql} COMMENT ON ROLE {} IS {}; COMMIT;",
+                ident(name),
+                literal(comment)
+            );
+        }
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(admin)
             .await
             .context(|| format!("{verb} ROLE {name}"))?;
-        if !exists {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "COMMENT ON ROLE {} IS {}",
-                ident(name),
-                literal(comment)
-            )))
-            .execute(admin)
-            .await
-            .context(|| format!("marking role {name}"))?;
-        }
     }
     Ok(())
 }

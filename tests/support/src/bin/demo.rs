@@ -193,7 +193,12 @@ async fn demo() -> Step<Vec<Process>> {
 
     let t = step("applying manifests/ (CRD, RBAC) and examples/auditmanager-local.yaml");
     let manifests = repo().join("manifests");
-    for file in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
+    for file in [
+        "namespace.yaml",
+        "crd.yaml",
+        "deletion-protection.yaml",
+        "rbac.yaml",
+    ] {
         kubectl(
             kube,
             &["apply", "-f", &manifests.join(file).display().to_string()],
@@ -231,6 +236,30 @@ async fn demo() -> Step<Vec<Process>> {
         ],
     )
     .and_then(|yaml| kubectl_stdin(kube, &["apply", "-f", "-"], &yaml))?;
+    // As a database admin would: mark the Secret as credentials for this server only.
+    for (verb, mark) in [
+        (
+            "label",
+            format!("{}=true", audit_manager_crds::CREDENTIALS_LABEL),
+        ),
+        (
+            "annotate",
+            format!("{}={}", audit_manager_crds::ALLOWED_HOSTS, pg.host()),
+        ),
+    ] {
+        kubectl(
+            kube,
+            &[
+                "-n",
+                "audit-demo",
+                verb,
+                "--overwrite",
+                "secret",
+                "postgres-admin",
+                &mark,
+            ],
+        )?;
+    }
     let example = std::fs::read_to_string(repo().join("examples/auditmanager-local.yaml"))
         .map_err(|e| e.to_string())?
         .replace("POSTGRES_HOST", pg.host())
