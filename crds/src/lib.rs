@@ -23,6 +23,21 @@ pub const FINALIZER: &str = "audit.openg2p.org/teardown";
 pub const SKIP_EXTERNAL_TEARDOWN: &str = "audit.openg2p.org/skip-external-teardown";
 /// Annotation: list in `status.teardownPreview` what deletion would remove.
 pub const TEARDOWN_PREVIEW: &str = "audit.openg2p.org/teardown-preview";
+/// Annotation: what an AuditManager takes over instead of reporting a conflict, a comma list
+/// of `database` (a database retained by a deleted AuditManager, or the original service's,
+/// whose schema is upgraded in place) and `topics` (the two topics and the consumer group,
+/// as they are).
+pub const ADOPT: &str = "audit.openg2p.org/adopt";
+
+/// Whether the resource's [`ADOPT`] annotation names `what`.
+pub fn adopts(am: &AuditManager, what: &str) -> bool {
+    am.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADOPT))
+        .is_some_and(|v| v.split(',').any(|w| w.trim() == what))
+}
+
 /// Label (value `"true"`): a Secret the operator may use as credentials, that is, send to a
 /// server (the admin login, a SASL password, a client certificate). Whoever administers those
 /// servers sets it; a Secret without it is never read.

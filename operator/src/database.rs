@@ -1,8 +1,10 @@
 //! The operator's PostgreSQL client: connects as the admin from the spec, then provisions or
 //! drops through the runtime's `db` module, where all SQL lives.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use audit_manager::db::adopt::{self, Found};
 use audit_manager::db::ownership::{self, Dropped};
 use audit_manager::db::{self, DbError, roles};
 use audit_manager_crds::AuditManager;
@@ -98,21 +100,30 @@ pub struct Ensured {
     pub created: bool,
     /// For the condition message: encrypted or not, verified or not.
     pub protection: String,
+    /// What was adopted, for the Event (`audit.openg2p.org/adopt: database`).
+    pub adopted: Option<String>,
 }
 
+/// Adoption asked for: the UIDs of the AuditManagers that exist, with their `namespace/name`
+/// (a database still marked by one of them is not taken).
+pub type Live = BTreeMap<String, String>;
+
 /// Creates (or confirms) the roles and the database, then migrates and grants as the owner.
-/// Says whether this call created the database, and what protects the admin connection.
+/// With `adopt`, a database retained by a deleted AuditManager or made by the original service
+/// is taken over first. Says whether this call created the database, what it adopted, and
+/// what protects the admin connection.
 pub async fn ensure(
     am: &AuditManager,
     connections: &Connections,
     admin: (String, String),
     roles: roles::Roles,
     database: String,
+    adopt: Option<Live>,
 ) -> Result<Ensured, Problem> {
     let am = am.clone();
     let c = connections.clone();
     on_own_thread(move || async move {
-        ensure_here(&am, &c, (&admin.0, &admin.1), &roles, &database).await
+        ensure_here(&am, &c, (&admin.0, &admin.1), &roles, &database, adopt).await
     })
     .await
 }
@@ -123,6 +134,7 @@ async fn ensure_here(
     admin: (&str, &str),
     roles: &roles::Roles,
     database: &str,
+    adopt: Option<Live>,
 ) -> Result<Ensured, Problem> {
     let mark = marker(am);
     let pool = admin_pool(c, admin).await?;
@@ -134,12 +146,21 @@ async fn ensure_here(
         Some(version) => format!("{version}, {}", db::protection(mode, true)),
         None => db::protection(mode, false).to_string(),
     };
+    let taken = match adopt {
+        Some(live) => take_over(&pool, database, roles, &mark, &live).await?,
+        None => None,
+    };
     let created = ownership::claim(&pool, database, roles, &mark)
         .await
         .map_err(|e| failed("creating the roles and the database", &e))?;
     pool.close().await;
     let mut conn = connect(c, database, admin.0, admin.1).await?;
-    roles::migrate_as_owner(
+    if let Some(Taken::Original(original)) = &taken {
+        adopt::reassign_original(&mut conn, original, &roles.owner.0)
+            .await
+            .map_err(|e| failed("handing the original's tables to the owner", &e))?;
+    }
+    let migrated = roles::migrate_as_owner(
         &mut conn,
         roles,
         database,
@@ -149,10 +170,75 @@ async fn ensure_here(
     .await
     .map_err(|e| failed("migrating as the owner", &e))?;
     let _ = conn.close().await;
+    let moved = &migrated.adopted;
+    let adopted = taken.map(|t| match t {
+        Taken::Retained(uid) => format!(
+            "adopted database {database}, retained by the deleted AuditManager {uid}: its marker and roles are this resource's now"
+        ),
+        Taken::Original(original) => format!(
+            "adopted database {database} of the original service (owned by {original}): its objects pass to {}; the schema was upgraded in place, partitions {} moved with their {} rows",
+            roles.owner.0,
+            if moved.partitions.is_empty() { "(none)".to_string() } else { moved.partitions.join(", ") },
+            moved.rows
+        ),
+    });
     Ok(Ensured {
         created,
         protection,
+        adopted,
     })
+}
+
+/// What [`take_over`] took.
+enum Taken {
+    /// Retained by the deleted AuditManager with this UID.
+    Retained(String),
+    /// The original service's, owned by this role.
+    Original(String),
+}
+
+/// Takes over the database asked to be adopted, when it is a retained one whose AuditManager
+/// is gone, or the original's; a database of a live AuditManager, or with a comment that is no
+/// marker of this project, is a conflict.
+async fn take_over(
+    pool: &PgPool,
+    database: &str,
+    roles: &roles::Roles,
+    mark: &str,
+    live: &Live,
+) -> Result<Option<Taken>, Problem> {
+    let conflict = |why: String| {
+        Problem::new(
+            "DatabaseConflict",
+            format!("database {database} cannot be adopted: {why}"),
+        )
+    };
+    match adopt::inspect(pool, database, mark)
+        .await
+        .map_err(|e| failed("inspecting the database to adopt", &e))?
+    {
+        Found::Absent | Found::Ours => Ok(None),
+        Found::Retained { uid } => match live.get(&uid) {
+            Some(owner) => Err(conflict(format!(
+                "it belongs to AuditManager {owner}, which still exists; delete that one with deletionPolicy.database: Retain first"
+            ))),
+            None => {
+                adopt::take_over_retained(pool, database, roles, &uid, mark)
+                    .await
+                    .map_err(|e| failed("adopting the retained database", &e))?;
+                Ok(Some(Taken::Retained(uid)))
+            }
+        },
+        Found::Original { owner } => {
+            adopt::take_over_original(pool, database, roles, &owner, mark)
+                .await
+                .map_err(|e| failed("adopting the original's database", &e))?;
+            Ok(Some(Taken::Original(owner)))
+        }
+        Found::Foreign => Err(conflict(
+            "its comment is not a marker of this project, so it is someone else's".into(),
+        )),
+    }
 }
 
 /// Drops the database and the roles this resource created; what someone else made is left

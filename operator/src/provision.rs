@@ -2,7 +2,7 @@
 //! when the spec or a credential changed, or while either is not ready; otherwise skipped.
 
 use audit_manager::db::roles;
-use audit_manager_crds::AuditManager;
+use audit_manager_crds::{AuditManager, adopts};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
@@ -74,8 +74,20 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
         (Err(p), _, _) => Err(p),
         (_, Err(p), _) | (_, _, Err(p)) => Err(p.clone()),
         (Ok(admin), Ok(roles), Ok(c)) => {
+            let adopt = match adopts(am, "database") {
+                true => Some(live_resources(ctx).await?),
+                false => None,
+            };
             let ensured =
-                database::ensure(am, c, admin, roles.clone(), database_name.clone()).await;
+                database::ensure(am, c, admin, roles.clone(), database_name.clone(), adopt).await;
+            if let Ok(database::Ensured {
+                adopted: Some(note),
+                ..
+            }) = &ensured
+            {
+                ctx.event(am, EventType::Normal, "DatabaseAdopted", note.clone())
+                    .await;
+            }
             if ensured.as_ref().is_ok_and(|e| e.created) {
                 let note = format!(
                     "created database {database_name} with roles {}, {}, {}; migrated and partitioned",
@@ -111,6 +123,23 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
         secret_hash,
         connections,
     })
+}
+
+/// The UIDs of the AuditManagers that exist, with their `namespace/name`.
+async fn live_resources(ctx: &Ctx) -> Result<database::Live, Error> {
+    let all = kube::Api::<AuditManager>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?;
+    Ok(all
+        .items
+        .iter()
+        .map(|am| {
+            (
+                am.uid().unwrap_or_default(),
+                format!("{}/{}", am.namespace().unwrap_or_default(), am.name_any()),
+            )
+        })
+        .collect())
 }
 
 /// Every value read from a Secret: the admin login, the role passwords, the SASL password.
@@ -159,7 +188,7 @@ async fn ensure_topics(
         Err(e) => return Ok((Err(Problem::new("OwnershipRecordUnavailable", e)), shown)),
     };
     let before = recorded.clone();
-    let outcome = topics::ensure(&am.spec.kafka, c, &mut recorded).await;
+    let outcome = topics::ensure(&am.spec.kafka, c, &mut recorded, adopts(am, "topics")).await;
     if recorded != before
         && let Err(e) = record::save(&ctx.client, &ctx.namespace, am, &recorded).await
     {
@@ -174,6 +203,14 @@ async fn ensure_topics(
         Ok(report) => report,
         Err(p) => return Ok((Err(p), owned)),
     };
+    if !report.adopted.is_empty() {
+        let note = format!(
+            "adopted {} (audit.openg2p.org/adopt: topics): recorded as this resource's and managed from now on",
+            report.adopted.join(", ")
+        );
+        ctx.event(am, EventType::Normal, "TopicsAdopted", note)
+            .await;
+    }
     for (topic, partitions) in &report.created {
         let note = format!("created topic {topic} ({partitions} partitions)");
         ctx.event(am, EventType::Normal, "TopicCreated", note).await;

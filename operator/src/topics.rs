@@ -90,6 +90,8 @@ pub struct Report {
     pub reconfigured: Vec<String>,
     /// `kafka.manageTopics` is false: the topics were only checked.
     pub managed_elsewhere: bool,
+    /// What was adopted as it is (`audit.openg2p.org/adopt: topics`).
+    pub adopted: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -154,10 +156,11 @@ pub async fn ensure(
     kafka: &KafkaSpec,
     c: &Connections,
     record: &mut Record,
+    adopt: bool,
 ) -> Result<Report, Problem> {
     if !kafka.manage_topics {
-        let report = check_only(kafka, c).await?;
-        claim_group(kafka, c, record).await?;
+        let mut report = check_only(kafka, c).await?;
+        claim_group(kafka, c, record, adopt, &mut report).await?;
         return Ok(report);
     }
     let admin = admin(kafka, c)?;
@@ -196,6 +199,10 @@ pub async fn ensure(
                 record.topics.insert(topic.name.clone(), id);
                 report.created.push((topic.name.clone(), topic.partitions));
                 continue;
+            }
+            (Some(now), None) if adopt => {
+                record.topics.insert(topic.name.clone(), now.clone());
+                report.adopted.push(format!("topic {}", topic.name));
             }
             (Some(_), None) => {
                 return Err(Problem::new(
@@ -238,20 +245,29 @@ pub async fn ensure(
             report.reconfigured.push(change);
         }
     }
-    claim_group(kafka, c, record).await?;
+    claim_group(kafka, c, record, adopt, &mut report).await?;
     Ok(report)
 }
 
 /// Records the consumer group as this resource's, unless it already exists (members or
 /// committed offsets) without having been claimed: someone else's offsets would then decide
-/// what is stored.
+/// what is stored. With `adopt`, an existing group is taken with its offsets (the original's
+/// consumer left off there).
 async fn claim_group(
     kafka: &KafkaSpec,
     c: &Connections,
     record: &mut Record,
+    adopt: bool,
+    report: &mut Report,
 ) -> Result<(), Problem> {
     if record.consumer_group.as_deref() != Some(kafka.consumer_group.as_str()) {
-        if let Some(state) = group_state(kafka, c).await? {
+        let state = group_state(kafka, c).await?;
+        if state.is_some() && adopt {
+            report.adopted.push(format!(
+                "consumer group {} (with its committed offsets)",
+                kafka.consumer_group
+            ));
+        } else if let Some(state) = state {
             return Err(Problem::new(
                 "ConsumerGroupConflict",
                 format!(

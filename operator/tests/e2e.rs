@@ -214,7 +214,7 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         "{topics}"
     );
 
-    pod_deleted_while_events_are_posted(&f, &pods, &pool).await;
+    pod_deleted_while_events_are_posted(&f, &pods, &pool, work.path()).await;
 
     // Deleting the resource tears everything down over the same secured connections.
     pool.close().await;
@@ -251,6 +251,7 @@ async fn pod_deleted_while_events_are_posted(
     f: &Fixture,
     pods: &kube::Api<Pod>,
     pool: &sqlx::PgPool,
+    work: &std::path::Path,
 ) {
     let selector = format!("app.kubernetes.io/instance={}", f.name);
     let list = pods
@@ -376,11 +377,63 @@ async fn pod_deleted_while_events_are_posted(
         missing.len(),
         worst.num_milliseconds()
     );
-    assert!(missing.is_empty(), "202'd but never stored: {missing:?}");
+    if !missing.is_empty() {
+        let am = f.current().await;
+        let conditions: Vec<String> = am
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter())
+            .map(|c| format!("{} {} {}: {}", c.type_, c.status, c.reason, c.message))
+            .collect();
+        let pods: Vec<String> = pods
+            .list(&Default::default())
+            .await
+            .expect("pods")
+            .items
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:?}",
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.status.as_ref().and_then(|s| s.phase.clone())
+                )
+            })
+            .collect();
+        let mut logs = String::new();
+        for entry in walk(work) {
+            if entry.ends_with("container.log") {
+                let text = std::fs::read_to_string(&entry).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                logs.push_str(&format!("== {}\n", entry.display()));
+                for l in tail.into_iter().rev() {
+                    logs.push_str(l);
+                    logs.push('\n');
+                }
+            }
+        }
+        let lag = am.status.as_ref().and_then(|s| s.consumer_lag.clone());
+        panic!(
+            "202'd but never stored: {missing:?}\nconditions: {conditions:#?}\nlag: {lag:?}\npods: {pods:?}\n{logs}"
+        );
+    }
     assert!(gone < Duration::from_secs(10), "pod gone after {gone:?}");
     assert!(
         worst < chrono::Duration::seconds(5),
         "longest time to visible across the restart: {} ms",
         worst.num_milliseconds()
     );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -16,29 +16,6 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-fn runtime_env(f: &Fixture, password: &str) -> Vec<(&'static str, String)> {
-    let pg = audit_testenv::postgres();
-    vec![
-        (
-            "AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS",
-            audit_testenv::kafka().bootstrap(),
-        ),
-        ("AUDIT_MANAGER__KAFKA__TOPIC", format!("{}.events", f.name)),
-        ("AUDIT_MANAGER__KAFKA__DLQ_TOPIC", format!("{}.dlq", f.name)),
-        (
-            "AUDIT_MANAGER__KAFKA__CONSUMER_GROUP",
-            format!("{}-group", f.name),
-        ),
-        ("AUDIT_MANAGER__COMPONENTS__MAINTENANCE", "false".into()),
-        ("DB_HOST", pg.host().into()),
-        ("DB_PORT", pg.port().to_string()),
-        ("DB_NAME", f.database()),
-        ("DB_USER", format!("{}_writer", f.database())),
-        ("DB_PASSWORD", password.to_string()),
-        ("AUDIT_MANAGER__DATABASE__SSLMODE", "disable".into()),
-    ]
-}
-
 async fn ready_pod(f: &Fixture, name: &str) {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {
@@ -84,9 +61,12 @@ async fn healthy_and_ready_follow_the_runtimes_own_report() {
     let password =
         String::from_utf8_lossy(&secret.data.unwrap_or_default()["password"].0).into_owned();
     let binary = common::runtime_binary();
-    let runtime =
-        audit_testenv::AuditManager::start(&binary, &["serve"], &runtime_env(&f, &password))
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let runtime = audit_testenv::AuditManager::start(
+        &binary,
+        &["serve"],
+        &common::runtime_env(&f, &password),
+    )
+    .unwrap_or_else(|e| panic!("runtime: {e}"));
     let port: u16 = runtime
         .address()
         .rsplit(':')
@@ -125,9 +105,12 @@ async fn healthy_and_ready_follow_the_runtimes_own_report() {
     drop(runtime);
 
     // A runtime that cannot reach its database reports it, and so does the condition.
-    let broken =
-        audit_testenv::AuditManager::start(&binary, &["serve"], &runtime_env(&f, "wrong-password"))
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let broken = audit_testenv::AuditManager::start(
+        &binary,
+        &["serve"],
+        &common::runtime_env(&f, "wrong-password"),
+    )
+    .unwrap_or_else(|e| panic!("runtime: {e}"));
     let port: u16 = broken
         .address()
         .rsplit(':')

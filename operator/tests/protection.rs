@@ -255,12 +255,7 @@ async fn retain_keeps_the_role_secrets_with_the_database() {
         }
     }
     // The kept password still logs in to the kept database.
-    let password = before
-        .data
-        .as_ref()
-        .and_then(|d| d.get("password"))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .expect("password");
+    let password = common::role_password(&f, "writer").await;
     let pg = audit_testenv::postgres();
     let url = pg.url(
         &format!("{}_writer", f.database()),

@@ -251,17 +251,7 @@ async fn two_resources_naming_one_database_at_once_do_not_both_take_it() {
     } else {
         &b
     };
-    let secret = winner
-        .api::<k8s_openapi::api::core::v1::Secret>()
-        .get(&format!("{}-db-writer", winner.name))
-        .await
-        .expect("writer Secret");
-    let password = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("password"))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .expect("password");
+    let password = common::role_password(winner, "writer").await;
     let url = pg.url(&format!("{database}_writer"), &password, &database);
     <sqlx::PgConnection as sqlx::Connection>::connect(&url)
         .await

@@ -88,7 +88,7 @@ pub async fn as_owner(
     database: &str,
     d: &crate::config::DatabaseConfig,
 ) -> anyhow::Result<()> {
-    let report = roles::migrate_as_owner(
+    let migrated = roles::migrate_as_owner(
         conn,
         roles,
         database,
@@ -96,7 +96,17 @@ pub async fn as_owner(
         d.partition_pre_create_months,
     )
     .await?;
-    println!("migrations applied, privileges granted; partitions: {report}");
+    if !migrated.adopted.partitions.is_empty() {
+        println!(
+            "the original's schema upgraded: partitions {} moved with their {} rows",
+            migrated.adopted.partitions.join(", "),
+            migrated.adopted.rows
+        );
+    }
+    println!(
+        "migrations applied, privileges granted; partitions: {}",
+        migrated.partitions
+    );
     Ok(())
 }
 

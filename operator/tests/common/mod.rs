@@ -359,3 +359,51 @@ impl Drop for Operator {
         let _ = self.child.wait();
     }
 }
+
+/// The environment of a runtime process serving the fixture's resource as a pod would: its
+/// topics, group and database, as the writer with `password`; maintenance off.
+pub fn runtime_env(f: &Fixture, password: &str) -> Vec<(&'static str, String)> {
+    let pg = audit_testenv::postgres();
+    let kafka = &f.resource.spec.kafka;
+    let database = f.resource.spec.database_name(&f.name);
+    vec![
+        (
+            "AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS",
+            kafka.bootstrap_servers.clone(),
+        ),
+        (
+            "AUDIT_MANAGER__KAFKA__TOPIC",
+            kafka.events_topic.name.clone(),
+        ),
+        (
+            "AUDIT_MANAGER__KAFKA__DLQ_TOPIC",
+            kafka.dlq_topic.name.clone(),
+        ),
+        (
+            "AUDIT_MANAGER__KAFKA__CONSUMER_GROUP",
+            kafka.consumer_group.clone(),
+        ),
+        ("AUDIT_MANAGER__COMPONENTS__MAINTENANCE", "false".into()),
+        ("DB_HOST", pg.host().into()),
+        ("DB_PORT", pg.port().to_string()),
+        ("DB_NAME", database.clone()),
+        ("DB_USER", format!("{database}_writer")),
+        ("DB_PASSWORD", password.to_string()),
+        ("AUDIT_MANAGER__DATABASE__SSLMODE", "disable".into()),
+    ]
+}
+
+/// The password in the role Secret `<name>-db-<kind>`.
+pub async fn role_password(f: &Fixture, kind: &str) -> String {
+    let secret = f
+        .api::<Secret>()
+        .get(&format!("{}-db-{kind}", f.name))
+        .await
+        .expect("role Secret");
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("password"))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .expect("password")
+}

@@ -1,5 +1,6 @@
 //! PostgreSQL: connections, the embedded migrations, roles, partitions and the row writer.
 
+pub mod adopt;
 pub mod ownership;
 pub mod partitions;
 pub mod roles;

@@ -139,7 +139,7 @@ pub async fn migrate_as_owner(
     database: &str,
     retention_months: u32,
     pre_create_months: u32,
-) -> Result<super::partitions::Report, DbError> {
+) -> Result<Migrated, DbError> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SET ROLE {}",
         ident(&roles.owner.0)
@@ -152,7 +152,11 @@ pub async fn migrate_as_owner(
             roles.owner.0
         )
     })?;
+    // An original's table (SPEC §5) is set aside before the migrations create this project's,
+    // and its partitions move under it before maintenance creates any month.
+    super::adopt::set_aside_original(conn).await?;
     super::MIGRATOR.run(&mut *conn).await?;
+    let adopted = super::adopt::move_original_partitions(conn).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(grants_sql(database, roles)))
         .execute(&mut *conn)
         .await
@@ -168,5 +172,16 @@ pub async fn migrate_as_owner(
         .execute(&mut *conn)
         .await
         .context(|| "RESET ROLE".into())?;
-    Ok(report)
+    Ok(Migrated {
+        partitions: report,
+        adopted,
+    })
+}
+
+/// What [`migrate_as_owner`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    pub partitions: super::partitions::Report,
+    /// The original's partitions moved under this project's table (none usually).
+    pub adopted: super::adopt::Moved,
 }
