@@ -520,6 +520,26 @@ pub async fn delete(
         ));
         return Ok(out);
     }
+    // A topic DescribeTopics does not know is taken as gone only when the cluster's metadata
+    // agrees: teardown must not finish on a transient answer and leave the topic behind.
+    let unknown: Vec<String> = record
+        .topics
+        .keys()
+        .filter(|n| !identity.topics.contains_key(*n))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        let still = existing(kafka, c, unknown).await?;
+        if !still.is_empty() {
+            return Err(Problem::new(
+                "KafkaUnreachable",
+                format!(
+                    "topics {} exist but could not be described; retrying",
+                    still.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
     let mut doomed = Vec::new();
     for (name, ours) in &record.topics {
         match identity.topics.get(name) {

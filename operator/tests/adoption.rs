@@ -143,14 +143,15 @@ async fn events(f: &Fixture) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn adopts_the_original(older: bool) {
+/// `limited`: with an admin that is not a superuser.
+async fn adopts_the_original(older: bool, limited: bool) {
     let rows = 40;
     let database = original_database(older, rows).await;
     let base = unique("orig");
     original_topics(&base).await;
     let pg = audit_testenv::postgres();
     let f = Fixture::new(
-        true,
+        !limited,
         json!({
             "database": {"host": pg.host(), "port": pg.port(), "sslMode": "disable",
                          "name": database, "adminSecretRef": {"name": "pg-admin"}},
@@ -160,6 +161,17 @@ async fn adopts_the_original(older: bool) {
                       "consumerGroup": format!("{base}-group")}}),
     )
     .await;
+    if limited {
+        let (user, password) = common::limited_admin().await;
+        common::create_credentials(
+            &f.client,
+            &f.namespace,
+            "pg-admin",
+            json!({"username": user, "password": password}),
+            common::TEST_HOSTS,
+        )
+        .await;
+    }
     // Without the annotation, all of it is someone else's: reported, untouched.
     let am = f.reconcile().await;
     assert_eq!(condition(&am, "DatabaseReady").1, "DatabaseConflict");
@@ -298,17 +310,20 @@ async fn adopts_the_original(older: bool) {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     drop(runtime);
+    // A limited admin cannot end a superuser's session: this one closes before teardown.
+    drop(su);
     f.delete_and_reconcile_until_gone().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_original_install_is_adopted_with_every_row() {
-    adopts_the_original(false).await;
+    adopts_the_original(false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_older_release_is_adopted_with_reason_and_details_from_its_envelopes() {
-    adopts_the_original(true).await;
+async fn the_older_release_is_adopted_by_an_admin_without_superuser_with_reason_and_details_from_its_envelopes()
+ {
+    adopts_the_original(true, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

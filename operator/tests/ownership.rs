@@ -379,3 +379,86 @@ async fn topics_managed_elsewhere_are_only_checked_and_never_deleted() {
     assert_eq!(partitions_on(&bootstrap, &events), 3, "never deleted");
     assert_eq!(partitions_on(&bootstrap, &dlq), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_settings_follow_the_spec_and_the_owned_group_goes_with_the_resource() {
+    let bootstrap = audit_testenv::kafka().bootstrap();
+    let f = fixture(&bootstrap).await;
+    let am = f.reconcile().await;
+    assert_eq!(condition(&am, "TopicsReady").0, "True");
+    let events_topic = f.resource.spec.kafka.events_topic.name.clone();
+    // Changed after creation: applied to the existing topic.
+    f.api::<AuditManager>()
+        .patch(
+            &f.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"kafka": {"eventsTopic": {
+                "retentionMs": 3_600_000, "compression": "zstd", "minInsyncReplicas": 1}}}})),
+        )
+        .await
+        .expect("change the topic settings");
+    let am = f.reconcile().await;
+    let (status, _, message) = condition(&am, "TopicsReady");
+    assert_eq!(status, "True", "{message}");
+    let described = admin(&bootstrap)
+        .describe_configs(
+            &[rdkafka::admin::ResourceSpecifier::Topic(&events_topic)],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("describe")
+        .into_iter()
+        .next()
+        .expect("one")
+        .expect("the topic's configuration");
+    let value = |key: &str| {
+        described
+            .get(key)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(value("retention.ms"), "3600000");
+    assert_eq!(value("compression.type"), "zstd");
+    assert_eq!(value("min.insync.replicas"), "1");
+    assert!(
+        events(&f).await.contains("configured topic"),
+        "a TopicReconfigured Event"
+    );
+
+    // The runtime's consumers commit in the group this resource claimed: teardown deletes it.
+    let group = f.resource.spec.kafka.consumer_group.clone();
+    {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .expect("consumer");
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&events_topic, 0, rdkafka::Offset::Offset(0))
+            .expect("offset");
+        consumer
+            .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit");
+    }
+    f.delete_and_reconcile_until_gone().await;
+    let groups = admin(&bootstrap)
+        .inner()
+        .fetch_group_list(Some(&group), Duration::from_secs(10))
+        .expect("groups");
+    let state = groups
+        .groups()
+        .iter()
+        .find(|g| g.name() == group)
+        .map(|g| g.state().to_string())
+        .unwrap_or_default();
+    assert!(
+        state.is_empty() || state == "Dead",
+        "the owned group is deleted, not {state}"
+    );
+    assert!(
+        events(&f)
+            .await
+            .contains(&format!("consumer group {group}"))
+    );
+}

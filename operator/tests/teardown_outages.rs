@@ -169,11 +169,18 @@ async fn bulk_deletion_tears_each_resource_down() {
         }
     }
     for name in names {
-        assert_eq!(
-            topic_partitions(&format!("{name}.events")),
-            0,
-            "{name}'s topic deleted"
-        );
+        if topic_partitions(&format!("{name}.events")) != 0 {
+            let said: Vec<String> = first
+                .api::<k8s_openapi::api::core::v1::Event>()
+                .list(&ListParams::default())
+                .await
+                .expect("events")
+                .items
+                .into_iter()
+                .map(|e| format!("{:?} {:?}", e.reason, e.message))
+                .collect();
+            panic!("{name}'s topic was not deleted; the Events: {said:#?}");
+        }
     }
 }
 

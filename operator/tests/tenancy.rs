@@ -268,22 +268,16 @@ async fn two_resources_naming_one_database_at_once_do_not_both_take_it() {
 async fn an_admin_with_createrole_and_createdb_only_provisions_and_tears_down() {
     // As a managed PostgreSQL or CloudNativePG without superuser access gives it.
     let pg = audit_testenv::postgres();
-    let admin = common::unique("limited").replace('-', "_");
+    let (admin, password) = common::limited_admin().await;
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.superuser_url("postgres"))
         .await
         .expect("superuser");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE ROLE {admin} LOGIN CREATEROLE CREATEDB PASSWORD 'limited-password'"
-    )))
-    .execute(&mut conn)
-    .await
-    .expect("create the limited admin");
     let f = Fixture::new(false, json!({})).await;
     create_credentials(
         &f.client,
         &f.namespace,
         "pg-admin",
-        json!({"username": admin, "password": "limited-password"}),
+        json!({"username": admin, "password": password}),
         common::TEST_HOSTS,
     )
     .await;
@@ -302,6 +296,24 @@ async fn an_admin_with_createrole_and_createdb_only_provisions_and_tears_down() 
     .await
     .expect("the database exists");
     assert_eq!(owner, format!("{}_owner", f.database()));
+    // An operator restarted (nothing cached) provisions again over what exists.
+    let restarted = std::sync::Arc::new(audit_manager_operator::context::Ctx::new(
+        f.client.clone(),
+        std::sync::Arc::new(audit_manager_operator::metrics::Metrics::default()),
+        "restarted".into(),
+    ));
+    audit_manager_operator::controller::reconcile(
+        std::sync::Arc::new(f.current().await),
+        restarted,
+    )
+    .await
+    .expect("reconcile");
+    assert_eq!(
+        condition(&f.current().await, "DatabaseReady").0,
+        "True",
+        "{:?}",
+        condition(&f.current().await, "DatabaseReady")
+    );
     f.delete_and_reconcile_until_gone().await;
     let left: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM pg_database WHERE datname = $1)

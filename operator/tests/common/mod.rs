@@ -407,3 +407,21 @@ pub async fn role_password(f: &Fixture, kind: &str) -> String {
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .expect("password")
 }
+
+/// An admin with CREATEROLE and CREATEDB only, as a managed PostgreSQL or CloudNativePG without
+/// superuser access gives; its login.
+pub async fn limited_admin() -> (String, String) {
+    use sqlx::Connection;
+    let pg = audit_testenv::postgres();
+    let name = unique("limited").replace('-', "_");
+    let mut su = sqlx::PgConnection::connect(&pg.superuser_url("postgres"))
+        .await
+        .expect("superuser");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {name} LOGIN CREATEROLE CREATEDB PASSWORD 'limited-password'"
+    )))
+    .execute(&mut su)
+    .await
+    .expect("a limited admin");
+    (name, "limited-password".into())
+}

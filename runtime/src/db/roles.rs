@@ -37,8 +37,16 @@ pub async fn ensure_roles(admin: &PgPool, roles: &Roles, comment: &str) -> Resul
                 .await
                 .context(|| format!("checking role {name}"))?;
         let verb = if exists { "ALTER" } else { "CREATE" };
+        // An existing role only gets its login and password: naming NOSUPERUSER again would be
+        // refused to an admin that is not a superuser ("must be superuser to change superuser
+        // attribute"), and the attributes were set when the role was created.
+        let attributes = if exists {
+            "LOGIN"
+        } else {
+            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT"
+        };
         let mut sql = format!(
-            "{verb} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT PASSWORD {};",
+            "{verb} ROLE {} WITH {attributes} PASSWORD {};",
             ident(name),
             literal(password)
         );
