@@ -290,3 +290,32 @@ async fn set_admin_secret_finalizer(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_servers_read_as_hosts_and_ports() {
+        assert_eq!(
+            kafka_servers("kafka-0.kafka:9093, kafka-1.kafka:9093,plain"),
+            [
+                ("kafka-0.kafka".to_string(), 9093),
+                ("kafka-1.kafka".to_string(), 9093),
+                ("plain".to_string(), 9092)
+            ]
+        );
+        assert_eq!(kafka_servers("[::1]:9094"), [("[::1]".to_string(), 9094)]);
+    }
+
+    #[test]
+    fn allowed_hosts_name_a_host_or_a_host_and_port() {
+        let pg = ("Postgres.DB.svc".to_string(), 5432);
+        assert!(host_allowed("postgres.db.svc", &pg), "any port, any case");
+        assert!(host_allowed("other, postgres.db.svc:5432", &pg));
+        assert!(!host_allowed("postgres.db.svc:6432", &pg), "another port");
+        assert!(!host_allowed("postgres.db", &pg), "another name");
+        assert!(!host_allowed("", &pg), "nothing listed allows nothing");
+        assert!(!host_allowed("*", &pg), "no wildcard");
+    }
+}

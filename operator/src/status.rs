@@ -481,6 +481,23 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_cut_out_of_messages_also_where_a_server_echoed_63_bytes() {
+        let user = format!("tenant-{}", "x".repeat(70));
+        let echoed = &user[..63];
+        let p = Problem::new(
+            "DatabaseUnreachable",
+            format!("password authentication failed for user \"{echoed}\"; password s3cret"),
+        )
+        .redacted(&[user.as_str(), "s3cret", ""]);
+        assert!(!p.message.contains("tenant-x"), "{}", p.message);
+        assert!(!p.message.contains("s3cret"), "{}", p.message);
+        assert_eq!(
+            p.message,
+            "password authentication failed for user \"[redacted]\"; password [redacted]"
+        );
+    }
+
+    #[test]
     fn a_conflict_holds_the_workload_and_nothing_else_does() {
         for reason in CONFLICTS {
             let p = held(&Ok("fine".into()), &Err(problem(reason))).expect("held");

@@ -8,9 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use audit_manager_crds::{ADOPT, AuditManager};
-use common::{Fixture, condition, role_password, unique};
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams};
+use common::{Fixture, condition, events, role_password, unique};
+use kube::api::{Patch, PatchParams};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use serde_json::json;
@@ -130,17 +129,6 @@ async fn annotate_adopt(f: &Fixture, what: &str) {
         )
         .await
         .expect("annotate");
-}
-
-async fn events(f: &Fixture) -> Vec<(String, String)> {
-    f.api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-        .collect()
 }
 
 /// `limited`: with an admin that is not a superuser.

@@ -46,16 +46,17 @@ async fn an_unreachable_database_is_reported_and_recovers_when_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_kafka_is_reported_and_recovers_when_fixed() {
-    // bootstrapServers cannot change once set: the address is right, and nothing answers there
-    // until a forwarder to the broker starts (the broker then advertises its own address).
-    let port = {
+    // bootstrapServers cannot change once set: the address stays, and what answers there
+    // changes, from nothing to the broker (which then advertises its own address).
+    let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
+        l.local_addr().expect("addr").to_string()
     };
+    let switch = common::Switch::to(closed).await;
     let f = Fixture::new(
         true,
         json!({"kafka": {
-            "bootstrapServers": format!("127.0.0.1:{port}"),
+            "bootstrapServers": format!("127.0.0.1:{}", switch.port),
             "eventsTopic": {"name": format!("{}.events", common::unique("fault")), "partitions": 3},
             "dlqTopic": {"name": format!("{}.dlq", common::unique("fault")), "partitions": 1},
             "consumerGroup": common::unique("fault-group")}}),
@@ -74,20 +75,7 @@ async fn an_unreachable_kafka_is_reported_and_recovers_when_fixed() {
         "True",
         "the database does not wait for Kafka"
     );
-    let broker = audit_testenv::kafka().bootstrap();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind the forwarder");
-    let forwarder = tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let broker = broker.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
+    switch.switch(audit_testenv::kafka().bootstrap());
     let am = f.reconcile().await;
     assert_eq!(
         condition(&am, "TopicsReady").0,
@@ -96,7 +84,6 @@ async fn an_unreachable_kafka_is_reported_and_recovers_when_fixed() {
         condition(&am, "TopicsReady")
     );
     f.delete_and_reconcile_until_gone().await;
-    forwarder.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

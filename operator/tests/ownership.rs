@@ -4,61 +4,20 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use audit_manager_crds::AuditManager;
 use audit_manager_operator::record;
-use common::{Fixture, condition, partitions_on, unique};
+use common::{Fixture, Switch, condition, partitions_on, unique};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
-
-/// A TCP forwarder on 127.0.0.1 whose target can be switched: a name that comes to point at
-/// another Kafka cluster (each broker then advertises its own address).
-struct Switch {
-    port: u16,
-    target: Arc<Mutex<String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Switch {
-    async fn to(target: String) -> Switch {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let target = Arc::new(Mutex::new(target));
-        let shared = target.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let to = shared.lock().expect("target").clone();
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Switch { port, target, task }
-    }
-
-    fn switch(&self, target: String) {
-        *self.target.lock().expect("target") = target;
-    }
-}
-
-impl Drop for Switch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A resource whose topics and group have fresh names, reached through `bootstrap`.
 async fn fixture(bootstrap: &str) -> Fixture {
@@ -111,13 +70,10 @@ async fn workload_exists(f: &Fixture) -> (bool, bool) {
 }
 
 async fn events(f: &Fixture) -> String {
-    f.api::<Event>()
-        .list(&ListParams::default())
+    common::events(f)
         .await
-        .expect("events")
-        .items
         .into_iter()
-        .filter_map(|e| e.message)
+        .map(|(_, message)| message)
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -170,15 +170,7 @@ async fn bulk_deletion_tears_each_resource_down() {
     }
     for name in names {
         if topic_partitions(&format!("{name}.events")) != 0 {
-            let said: Vec<String> = first
-                .api::<k8s_openapi::api::core::v1::Event>()
-                .list(&ListParams::default())
-                .await
-                .expect("events")
-                .items
-                .into_iter()
-                .map(|e| format!("{:?} {:?}", e.reason, e.message))
-                .collect();
+            let said = common::events(&first).await;
             panic!("{name}'s topic was not deleted; the Events: {said:#?}");
         }
     }

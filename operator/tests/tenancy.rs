@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Fixture, condition, create_credentials, create_secret};
-use k8s_openapi::api::core::v1::Event;
-use kube::api::ListParams;
 use serde_json::json;
 
 /// A server on 127.0.0.1 that counts the connections it receives and the bytes sent to it.
@@ -73,12 +71,11 @@ impl Drop for Trap {
 
 /// Every Event message of the fixture's namespace, and the status as text.
 async fn said(f: &Fixture) -> String {
-    let events = f
-        .api::<Event>()
-        .list(&ListParams::default())
+    let messages: Vec<String> = common::events(f)
         .await
-        .expect("events");
-    let messages: Vec<String> = events.items.into_iter().filter_map(|e| e.message).collect();
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
     let status = serde_json::to_string(&f.current().await.status).expect("status");
     format!("{status}\n{}", messages.join("\n"))
 }

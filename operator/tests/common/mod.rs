@@ -425,3 +425,56 @@ pub async fn limited_admin() -> (String, String) {
     .expect("a limited admin");
     (name, "limited-password".into())
 }
+
+/// A TCP forwarder on 127.0.0.1 whose target can be switched: a server that is down, then up,
+/// or a name that comes to point at another Kafka cluster (a broker advertises its own
+/// address, so only bootstrapping goes through it).
+pub struct Switch {
+    pub port: u16,
+    target: Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Switch {
+    pub async fn to(target: String) -> Switch {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let shared = target.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = shared.lock().expect("target").clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Switch { port, target, task }
+    }
+
+    pub fn switch(&self, target: String) {
+        *self.target.lock().expect("target") = target;
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Events of the fixture's namespace: reason and message of each.
+pub async fn events(f: &Fixture) -> Vec<(String, String)> {
+    f.api::<k8s_openapi::api::core::v1::Event>()
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
