@@ -80,6 +80,9 @@ fn admin(kafka: &KafkaSpec, c: &Connections) -> Result<AdminClient<DefaultClient
         .map_err(|e| unreachable(kafka, e))
 }
 
+/// The recorded id of a topic this resource created whose id is not known yet.
+const PENDING: &str = "pending";
+
 /// What the topics step did, for Events and the condition message.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -189,16 +192,23 @@ pub async fn ensure(
         match (id, record.topics.get(&topic.name)) {
             (None, _) => {
                 create(&admin, &options, topic).await?;
-                let created = identify(kafka, c, vec![topic.name.clone()]).await?;
-                let id = created.topics.get(&topic.name).cloned().ok_or_else(|| {
-                    Problem::new(
-                        "TopicProvisioningFailed",
-                        format!("topic {} was created but cannot be described", topic.name),
-                    )
-                })?;
-                record.topics.insert(topic.name.clone(), id);
+                // Recorded at once, its id pending: a new topic may not be described yet, and
+                // it is this resource's either way. The id is filled in below, or at the next
+                // reconcile.
+                record.topics.insert(topic.name.clone(), PENDING.into());
                 report.created.push((topic.name.clone(), topic.partitions));
+                for _ in 0..20 {
+                    let created = identify(kafka, c, vec![topic.name.clone()]).await?;
+                    if let Some(id) = created.topics.get(&topic.name) {
+                        record.topics.insert(topic.name.clone(), id.clone());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
                 continue;
+            }
+            (Some(now), Some(ours)) if ours == PENDING => {
+                record.topics.insert(topic.name.clone(), now.clone());
             }
             (Some(now), None) if adopt => {
                 record.topics.insert(topic.name.clone(), now.clone());
@@ -544,7 +554,7 @@ pub async fn delete(
     for (name, ours) in &record.topics {
         match identity.topics.get(name) {
             None => {}
-            Some(now) if now == ours => doomed.push(name.as_str()),
+            Some(now) if now == ours || ours == PENDING => doomed.push(name.as_str()),
             Some(now) => out.left.push(format!(
                 "topic {name} (recreated elsewhere: its id was {ours}, it is {now})"
             )),
@@ -578,6 +588,11 @@ pub async fn delete(
             match r {
                 Ok(name) => out.deleted.push(format!("consumer group {name}")),
                 Err((_, rdkafka::types::RDKafkaErrorCode::GroupIdNotFound)) => {}
+                // Consumers outside this resource's workload (which is gone by now) still use
+                // it: left to them, and said.
+                Err((name, rdkafka::types::RDKafkaErrorCode::NonEmptyGroup)) => out
+                    .left
+                    .push(format!("consumer group {name} (it still has members)")),
                 Err((name, code)) => {
                     return Err(Problem::new(
                         "TopicDeletionFailed",
