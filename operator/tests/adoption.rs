@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use audit_manager_crds::{ADOPT, AuditManager};
 use common::{Fixture, condition, events, role_password, unique};
 use kube::api::{Patch, PatchParams};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
@@ -104,20 +102,12 @@ async fn original_topics(base: &str) {
     let bootstrap = audit_testenv::kafka().bootstrap();
     audit_testenv::topics::create_topic(&bootstrap, &format!("{base}.events"), 3).await;
     audit_testenv::topics::create_topic(&bootstrap, &format!("{base}.dlq"), 1).await;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", format!("{base}-group"))
-        .create()
-        .expect("consumer");
-    let mut offsets = rdkafka::TopicPartitionList::new();
-    for p in 0..3 {
-        offsets
-            .add_partition_offset(&format!("{base}.events"), p, rdkafka::Offset::Offset(0))
-            .expect("offset");
-    }
-    consumer
-        .commit(&offsets, CommitMode::Sync)
-        .expect("the original consumer's offsets");
+    common::commit_start(
+        &bootstrap,
+        &format!("{base}-group"),
+        &format!("{base}.events"),
+        3,
+    );
 }
 
 async fn annotate_adopt(f: &Fixture, what: &str) {

@@ -16,7 +16,6 @@ use kube::api::{Patch, PatchParams};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
 
 /// A resource whose topics and group have fresh names, reached through `bootstrap`.
@@ -229,20 +228,7 @@ async fn a_consumer_group_in_use_is_a_conflict_and_an_owned_one_is_deleted() {
     let theirs = format!("{}-group", unique("own"));
     let topic = format!("{}.theirs", unique("own"));
     audit_testenv::topics::create_topic(&bootstrap, &topic, 1).await;
-    {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &theirs)
-            .create()
-            .expect("consumer");
-        let mut offsets = rdkafka::TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(0))
-            .expect("offset");
-        consumer
-            .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-            .expect("commit");
-    }
+    common::commit_start(&bootstrap, &theirs, &topic, 1);
     let base = unique("own");
     let f = Fixture::new(
         true,
@@ -267,16 +253,7 @@ async fn a_consumer_group_in_use_is_a_conflict_and_an_owned_one_is_deleted() {
     assert_eq!(condition(&am, "WorkloadAvailable").1, "WorkloadHeld");
     assert_eq!(workload_exists(&f).await, (false, false));
     f.delete_and_reconcile_until_gone().await;
-    let groups = admin(&bootstrap)
-        .inner()
-        .fetch_group_list(Some(&theirs), Duration::from_secs(10))
-        .expect("groups");
-    let state = groups
-        .groups()
-        .iter()
-        .find(|g| g.name() == theirs)
-        .map(|g| g.state().to_string())
-        .unwrap_or_default();
+    let state = common::group_state(&bootstrap, &theirs);
     assert_eq!(state, "Empty", "their group is left as it was");
 }
 
@@ -383,31 +360,9 @@ async fn topic_settings_follow_the_spec_and_the_owned_group_goes_with_the_resour
 
     // The runtime's consumers commit in the group this resource claimed: teardown deletes it.
     let group = f.resource.spec.kafka.consumer_group.clone();
-    {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &group)
-            .create()
-            .expect("consumer");
-        let mut offsets = rdkafka::TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&events_topic, 0, rdkafka::Offset::Offset(0))
-            .expect("offset");
-        consumer
-            .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-            .expect("commit");
-    }
+    common::commit_start(&bootstrap, &group, &events_topic, 1);
     f.delete_and_reconcile_until_gone().await;
-    let groups = admin(&bootstrap)
-        .inner()
-        .fetch_group_list(Some(&group), Duration::from_secs(10))
-        .expect("groups");
-    let state = groups
-        .groups()
-        .iter()
-        .find(|g| g.name() == group)
-        .map(|g| g.state().to_string())
-        .unwrap_or_default();
+    let state = common::group_state(&bootstrap, &group);
     assert!(
         state.is_empty() || state == "Dead",
         "the owned group is deleted, not {state}"

@@ -478,3 +478,39 @@ pub async fn events(f: &Fixture) -> Vec<(String, String)> {
         .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
         .collect()
 }
+
+/// Commits offset 0 of `partitions` partitions of `topic` in `group`, as a consumer of that
+/// group would: the group then exists (state Empty) with committed offsets.
+pub fn commit_start(bootstrap: &str, group: &str, topic: &str, partitions: i32) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        offsets
+            .add_partition_offset(topic, p, rdkafka::Offset::Offset(0))
+            .expect("offset");
+    }
+    consumer
+        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+        .expect("commit");
+}
+
+/// The state of consumer group `group` ("" or "Dead" when it does not exist).
+pub fn group_state(bootstrap: &str, group: &str) -> String {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    consumer
+        .client()
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .expect("groups")
+        .groups()
+        .iter()
+        .find(|g| g.name() == group)
+        .map(|g| g.state().to_string())
+        .unwrap_or_default()
+}
