@@ -108,12 +108,7 @@ async fn topics_on_another_cluster_are_never_touched_and_stop_the_workload() {
     audit_testenv::topics::create_topic(&second.bootstrap(), &spec.dlq_topic.name, 1).await;
     switch.switch(second.bootstrap());
     let am = f.reconcile().await;
-    let (status, reason, message) = condition(&am, "TopicsReady");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "TopicConflict"),
-        "{message}"
-    );
+    let message = common::expect_condition(&am, "TopicsReady", "False", "TopicConflict");
     assert!(message.contains("created on cluster"), "{message}");
     let (_, reason, message) = condition(&am, "WorkloadAvailable");
     assert_eq!(reason, "WorkloadHeld", "{message}");
@@ -195,12 +190,7 @@ async fn a_topic_recreated_by_someone_else_is_not_ours() {
     delete_topic(&bootstrap, &spec.events_topic.name).await;
     audit_testenv::topics::create_topic(&bootstrap, &spec.events_topic.name, 2).await;
     let am = f.reconcile().await;
-    let (status, reason, message) = condition(&am, "TopicsReady");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "TopicConflict"),
-        "{message}"
-    );
+    let message = common::expect_condition(&am, "TopicsReady", "False", "TopicConflict");
     assert!(message.contains("deleted and created again"), "{message}");
     assert_eq!(
         partitions_on(&bootstrap, &spec.events_topic.name),
@@ -240,12 +230,7 @@ async fn a_consumer_group_in_use_is_a_conflict_and_an_owned_one_is_deleted() {
     )
     .await;
     let am = f.reconcile().await;
-    let (status, reason, message) = condition(&am, "TopicsReady");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "ConsumerGroupConflict"),
-        "{message}"
-    );
+    let message = common::expect_condition(&am, "TopicsReady", "False", "ConsumerGroupConflict");
     assert!(
         message.contains(&theirs) && message.contains("spec.kafka.consumerGroup"),
         "{message}"
@@ -274,12 +259,7 @@ async fn topics_managed_elsewhere_are_only_checked_and_never_deleted() {
     .await;
     // Not there yet: said, and nothing is created.
     let am = f.reconcile().await;
-    let (status, reason, message) = condition(&am, "TopicsReady");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "TopicMissing"),
-        "{message}"
-    );
+    let message = common::expect_condition(&am, "TopicsReady", "False", "TopicMissing");
     assert!(
         message.contains(&events) && message.contains("KafkaTopic"),
         "{message}"

@@ -124,24 +124,15 @@ async fn a_server_the_tenant_names_receives_nothing_from_an_unmarked_secret() {
     )
     .await;
     let am = f.reconcile().await;
-    let (status, reason, message) = condition(&am, "DatabaseReady");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "CredentialsNotPermitted"),
-        "{message}"
-    );
+    let message =
+        common::expect_condition(&am, "DatabaseReady", "False", "CredentialsNotPermitted");
     assert!(
         message.contains("someone-elses")
             && message.contains("audit.openg2p.org/credentials=true")
             && message.contains("spec.database.adminSecretRef"),
         "the message names the Secret, the field and the label: {message}"
     );
-    let (status, reason, message) = condition(&am, "TopicsReady");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "CredentialsNotPermitted"),
-        "{message}"
-    );
+    let message = common::expect_condition(&am, "TopicsReady", "False", "CredentialsNotPermitted");
     assert!(
         message.contains("kafka-user")
             && message.contains("spec.kafka.security.sasl.passwordSecretRef"),
@@ -167,12 +158,7 @@ async fn a_server_the_tenant_names_receives_nothing_from_an_unmarked_secret() {
     }
     let am = f.reconcile().await;
     for kind in ["DatabaseReady", "TopicsReady"] {
-        let (status, reason, message) = condition(&am, kind);
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "CredentialsNotPermitted"),
-            "{message}"
-        );
+        let message = common::expect_condition(&am, kind, "False", "CredentialsNotPermitted");
         assert!(
             message.contains(&format!("127.0.0.1:{}", trap.port))
                 && message.contains("postgres.db.svc"),
@@ -207,12 +193,7 @@ async fn a_server_error_never_carries_the_login_into_the_status_or_events() {
     )
     .await;
     let am = f.reconcile().await;
-    let (status, reason, message) = condition(&am, "DatabaseReady");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "DatabaseUnreachable"),
-        "{message}"
-    );
+    let message = common::expect_condition(&am, "DatabaseReady", "False", "DatabaseUnreachable");
     assert!(message.contains("[redacted]"), "{message}");
     let said = said(&f).await;
     assert!(

@@ -280,6 +280,17 @@ pub fn condition(am: &AuditManager, kind: &str) -> (String, String, String) {
         .unwrap_or_default()
 }
 
+/// Asserts the status and reason of condition `kind`; returns its message.
+pub fn expect_condition(am: &AuditManager, kind: &str, status: &str, reason: &str) -> String {
+    let (s, r, message) = condition(am, kind);
+    assert_eq!(
+        (s.as_str(), r.as_str()),
+        (status, reason),
+        "{kind}: {message}"
+    );
+    message
+}
+
 pub fn topic_partitions(topic: &str) -> usize {
     partitions_on(&audit_testenv::kafka().bootstrap(), topic)
 }
