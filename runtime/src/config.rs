@@ -16,6 +16,8 @@ pub const CONFIG_PATH_VAR: &str = "CONFIG_PATH";
 const SECRET_KEYS: [&str; 2] = ["/database/password", "/kafka/security/sasl_password"];
 /// The HTTP port served by default.
 pub const DEFAULT_PORT: u16 = 8000;
+/// The admin port (`/config`), on loopback by default.
+pub const DEFAULT_ADMIN_PORT: u16 = 9001;
 
 /// The layered environment variable that sets a dotted key, e.g. `database.password` →
 /// `AUDIT_MANAGER__DATABASE__PASSWORD`.
@@ -62,6 +64,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub components: ComponentsConfig,
     pub log: LogConfig,
+    pub auth: crate::auth::config::AuthConfig,
 }
 
 /// The HTTP listener.
@@ -81,6 +84,13 @@ pub struct ServerConfig {
     pub request_head_timeout_seconds: u64,
     /// How long a client may take to send a request body (408 after that).
     pub body_read_timeout_seconds: u64,
+    /// The admin listener (`/config`): on `admin_host:admin_port`, loopback by default, so
+    /// that only `kubectl port-forward` reaches it; 0 switches it off.
+    pub admin_host: String,
+    pub admin_port: u16,
+    /// A port of its own for `/metrics` on `host` (so a NetworkPolicy can open it to the
+    /// monitoring namespace alone); 0 serves `/metrics` on `port`.
+    pub metrics_port: u16,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +102,9 @@ impl Default for ServerConfig {
             max_connections: 1024,
             request_head_timeout_seconds: 60,
             body_read_timeout_seconds: 30,
+            admin_host: "127.0.0.1".into(),
+            admin_port: DEFAULT_ADMIN_PORT,
+            metrics_port: 0,
         }
     }
 }
@@ -648,6 +661,7 @@ impl Config {
             ));
         }
         self.validate_sizes()?;
+        self.auth.validate(self.ingest.max_batch_size)?;
         parse_duration(&self.ingest.max_future_skew)
             .map_err(|m| invalid("ingest.max_future_skew", m))?;
         for (key, v) in [

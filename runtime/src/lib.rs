@@ -1,6 +1,7 @@
 //! The audit-manager runtime: HTTP ingest → bounded queue → Kafka → consumer → PostgreSQL, with
 //! a dead-letter topic on the side and partition maintenance.
 
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -9,9 +9,10 @@ use rdkafka::producer::Producer;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::health::{Check, Health};
-use crate::http::router::router;
+use crate::http::router::{admin_router, metrics_router, router};
 use crate::http::server::Server;
 use crate::http::state::AppState;
 use crate::ingest::queue::IngestQueue;
@@ -83,15 +84,46 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| {
             format!("binding the HTTP listener on {address} (server.host, server.port)")
         })?;
-    let state = Arc::new(AppState::new(
-        Arc::clone(&config),
-        Arc::clone(&queue),
-        Arc::clone(&metrics),
-        Arc::clone(&health),
-    ));
+    let auth = Authenticator::start(&config.auth).await;
+    let state = Arc::new(
+        AppState::new(
+            Arc::clone(&config),
+            Arc::clone(&queue),
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+        )
+        .with_auth(auth),
+    );
+    // Beside the service port: the admin listener (`/config`, loopback by default) and, when
+    // it has a port of its own, `/metrics`.
+    let server_config = &config.server;
+    let mut side = Vec::new();
+    for (host, port, app, keys) in [
+        (
+            &server_config.admin_host,
+            server_config.admin_port,
+            admin_router(Arc::clone(&state)),
+            "server.admin_host, server.admin_port; 0 switches it off",
+        ),
+        (
+            &server_config.host,
+            server_config.metrics_port,
+            metrics_router(Arc::clone(&state)),
+            "server.host, server.metrics_port; 0 serves /metrics on server.port",
+        ),
+    ] {
+        if port == 0 {
+            continue;
+        }
+        let address = format!("{host}:{port}");
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("binding a listener on {address} ({keys})"))?;
+        side.push(Server::spawn(listener, app, server_config));
+    }
     let server = Server::spawn(listener, router(state), &config.server);
     health.mark_started();
-    tracing::info!(%address, ingest = config.components.ingest, consumer = config.components.consumer, "audit-manager serving");
+    tracing::info!(%address, ingest = config.components.ingest, consumer = config.components.consumer, auth = ?config.auth.mode, "audit-manager serving");
 
     let signal = stop_signal().await;
     // One deadline for everything below, kept under the pod's grace period.
@@ -114,9 +146,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for task in background {
         task.abort();
     }
-    let cut = server
-        .stop(deadline.max(Instant::now() + Duration::from_secs(1)))
-        .await;
+    let last = deadline.max(Instant::now() + Duration::from_secs(1));
+    for listener in side {
+        listener.stop(last).await;
+    }
+    let cut = server.stop(last).await;
     tracing::info!(
         cut,
         millis = began.elapsed().as_millis() as u64,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use audit_manager::config::Config;
 use audit_manager::health::Health;
-use audit_manager::http::router::router;
+use audit_manager::http::router::{admin_router, router};
 use audit_manager::http::state::AppState;
 use audit_manager::ingest::queue::IngestQueue;
 use audit_manager::metrics::Metrics;
@@ -22,6 +22,11 @@ mod common;
 
 /// A router whose queue is drained by a task that just drops events (no Kafka here).
 fn app(env: &[(&str, &str)]) -> axum::Router {
+    router(state(env))
+}
+
+/// The state of [`app`].
+fn state(env: &[(&str, &str)]) -> Arc<AppState> {
     let env: BTreeMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -39,12 +44,12 @@ fn app(env: &[(&str, &str)]) -> axum::Router {
     // The drain task above stands in for the publisher; no consumer runs in process.
     health.set_publisher_alive(true);
     health.set_consumer_alive(true);
-    router(Arc::new(AppState::new(
+    Arc::new(AppState::new(
         Arc::new(config),
         Arc::new(queue),
         Arc::new(Metrics::new()),
         health,
-    )))
+    ))
 }
 
 async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
@@ -322,7 +327,6 @@ async fn the_operational_endpoints_answer() {
         "/health/live",
         "/health/ready",
         "/version",
-        "/config",
         "/metrics",
         "/openapi.json",
         "/docs",
@@ -339,10 +343,20 @@ async fn the_operational_endpoints_answer() {
             "{path}: {status}"
         );
     }
-    let request = Request::get("/v1/auditmanager/config")
-        .body(Body::empty())
-        .expect("request");
-    let (_, body) = call(&app, request).await;
+    let config = || {
+        Request::get("/v1/auditmanager/config")
+            .body(Body::empty())
+            .expect("request")
+    };
+    let (status, _) = call(&app, config()).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "/config is served only on the admin port"
+    );
+    let admin = admin_router(state(&[]));
+    let (status, body) = call(&admin, config()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
         !body.to_string().contains("\"password\":\"postgres\""),
         "/config hides secrets: {body}"

@@ -118,15 +118,36 @@ provision_kube() {
   fi
 }
 
+# Istio's CRDs as Istio publishes them (full schemas), so the API server validates what the
+# operator renders as a cluster with Istio would. From the Go module proxy, like the rest.
+provision_istio() {
+  local out="$cache/istio-$ISTIO_API_VERSION/crds.yaml"
+  [ -s "$out" ] && return
+  command -v go >/dev/null || die "the Go toolchain is required to fetch istio.io/api (not found on PATH)"
+  step "fetching Istio's CRDs (istio.io/api $ISTIO_API_VERSION, first run only)"
+  local dir tmp
+  tmp=$(mktemp -d)
+  # Outside any module, so no go.mod or go.sum of this checkout changes.
+  dir=$(cd "$tmp" && GO111MODULE=on go mod download -json "istio.io/api@$ISTIO_API_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -f "$dir/kubernetes/customresourcedefinitions.gen.yaml" ] \
+    || die "istio.io/api $ISTIO_API_VERSION holds no kubernetes/customresourcedefinitions.gen.yaml"
+  rmdir "$tmp"
+  mkdir -p "$(dirname "$out")"
+  install -m 644 "$dir/kubernetes/customresourcedefinitions.gen.yaml" "$out.partial"
+  mv "$out.partial" "$out"
+}
+
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube)
+[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio)
 for c in "${components[@]}"; do
   case "$c" in
     build) provision_build ;;
     postgres) provision_postgres ;;
     kafka) provision_kafka ;;
     kube) provision_kube ;;
-    *) die "unknown component '$c' (expected build, postgres, kafka or kube)" ;;
+    istio) provision_istio ;;
+    *) die "unknown component '$c' (expected build, postgres, kafka, kube or istio)" ;;
   esac
 done
 step "test environment provisioned in $cache"

@@ -290,7 +290,11 @@ pub async fn move_original_partitions(conn: &mut PgConnection) -> Result<Moved, 
                 details = DETAILS_FROM_ENVELOPE
             ));
         }
-        for (column, kind) in [("extensions", "jsonb"), ("normalized", "text[]")] {
+        for (column, kind) in [
+            ("extensions", "jsonb"),
+            ("normalized", "text[]"),
+            ("principal", "text"),
+        ] {
             if !has(column) {
                 sql.push_str(&format!(" ALTER TABLE {p} ADD COLUMN {column} {kind};"));
             }

@@ -8,7 +8,7 @@ pub use crate::event::row::Row;
 
 const COPY: &str = "COPY audit_events (id, source, type, subject, occurred_at, actor_type, actor_id, \
                     resource_type, resource_id, action, outcome, reason, trace_id, details, \
-                    extensions, normalized) FROM STDIN";
+                    extensions, normalized, principal) FROM STDIN";
 
 /// The `normalized` column as a PostgreSQL array literal (`{time_defaulted,...}`; the names
 /// need no quoting), None when nothing was normalized.
@@ -123,7 +123,7 @@ fn copy_line(out: &mut String, r: &Row) {
         .occurred_at
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     let normalized = normalized_literal(&r.normalized);
-    let fields: [Option<&str>; 16] = [
+    let fields: [Option<&str>; 17] = [
         Some(&r.id),
         Some(&r.source),
         Some(&r.r#type),
@@ -140,6 +140,7 @@ fn copy_line(out: &mut String, r: &Row) {
         r.details.as_deref(),
         r.extensions.as_deref(),
         normalized.as_deref(),
+        r.principal.as_deref(),
     ];
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
@@ -185,16 +186,17 @@ async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, 
     let result = sqlx::query(
         "INSERT INTO audit_events (id, source, type, subject, occurred_at, actor_type, actor_id,
                                    resource_type, resource_id, action, outcome, reason, trace_id,
-                                   details, extensions, normalized)
+                                   details, extensions, normalized, principal)
          SELECT id, source, type, subject, occurred_at, actor_type, actor_id, resource_type,
                 resource_id, action, outcome, reason, trace_id, details, extensions,
-                normalized::text[]
+                normalized::text[], principal
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                      $11::text[], $12::text[], $13::text[], $14::text[]::jsonb[],
-                     $15::text[]::jsonb[], $16::text[])
+                     $15::text[]::jsonb[], $16::text[], $17::text[])
            AS u(id, source, type, subject, occurred_at, actor_type, actor_id, resource_type,
-                resource_id, action, outcome, reason, trace_id, details, extensions, normalized)
+                resource_id, action, outcome, reason, trace_id, details, extensions, normalized,
+                principal)
          ON CONFLICT DO NOTHING",
     )
     .bind(column!(id))
@@ -217,6 +219,7 @@ async fn insert_skipping_duplicates(pool: &PgPool, rows: &[Row]) -> Result<u64, 
             .map(|r| normalized_literal(&r.normalized))
             .collect::<Vec<_>>(),
     )
+    .bind(column!(principal))
     .execute(pool)
     .await?;
     Ok(result.rows_affected())
@@ -238,7 +241,7 @@ mod tests {
         let mut line = String::new();
         copy_line(&mut line, &to_row(e));
         let fields: Vec<&str> = line.trim_end_matches('\n').split('\t').collect();
-        assert_eq!(fields.len(), 16, "{line}");
+        assert_eq!(fields.len(), 17, "{line}");
         assert_eq!(fields[6], "a\\tb");
         assert_eq!(fields[9], "x\\\\y");
         assert_eq!(fields[11], "line1\\nline2\\r");
@@ -246,6 +249,10 @@ mod tests {
         assert_eq!(fields[13], "\\N", "no details: NULL");
         assert_eq!(fields[14], "\\N", "no extensions: NULL");
         assert_eq!(fields[15], "\\N", "nothing normalized: NULL");
+        assert_eq!(
+            fields[16], "\\N",
+            "no principal without authentication: NULL"
+        );
         assert_eq!(fields[4], "2026-11-02T03:48:55Z");
     }
 

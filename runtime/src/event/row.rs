@@ -32,6 +32,9 @@ pub struct Row {
     pub extensions: Option<String>,
     /// What was normalized to accept the event (`time_defaulted`, ...), each once.
     pub normalized: Vec<Normalization>,
+    /// Who sent the event (`<issuer>/<principal>`, from the record's `audit-principal`
+    /// header), when the ingest authenticated it.
+    pub principal: Option<String>,
 }
 
 impl Row {
@@ -110,6 +113,7 @@ pub fn to_row(event: ValidEvent) -> Row {
         details: object_text(details),
         extensions: object_text(attrs),
         normalized,
+        principal: None,
     }
 }
 
@@ -156,6 +160,7 @@ pub(crate) fn from_typed(event: Envelope<'_>, occurred_at: DateTime<Utc>) -> Opt
         extensions: object_text(event.extensions),
         // The typed reader reads only events nothing had to be normalized in.
         normalized: Vec::new(),
+        principal: None,
     })
 }
 

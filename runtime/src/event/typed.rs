@@ -345,6 +345,8 @@ impl<'de> Envelope<'de> {
 pub struct AsIs {
     pub id: String,
     pub key: String,
+    /// The `source`, for authorization.
+    pub source: String,
 }
 
 /// Accepts `text` as it is when it is a valid event that validation would not change (it has
@@ -362,6 +364,7 @@ pub fn accept_as_is(text: &str, limits: &Limits, now: DateTime<Utc>) -> Option<A
     Some(AsIs {
         key: super::model::partition_key(subject, &actor.id.as_ref()?.0).to_string(),
         id: event.id.as_ref()?.0.to_string(),
+        source: event.source.as_ref()?.0.to_string(),
     })
 }
 
@@ -575,7 +578,8 @@ mod tests {
             accepted,
             Some(AsIs {
                 id: "e-1".into(),
-                key: "beneficiary/b_1".into()
+                key: "beneficiary/b_1".into(),
+                source: rich()["source"].as_str().expect("source").into(),
             })
         );
         // Without a subject the key is the actor; whitespace is kept as sent.

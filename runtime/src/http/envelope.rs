@@ -131,8 +131,37 @@ pub enum ApiError {
     BatchTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("unauthorized")]
-    Unauthorized,
+    /// AUD-009 (401): no valid bearer token; answered with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// AUD-009 (403): the principal may not write this source.
+    #[error("{0}")]
+    Forbidden(String),
+    /// AUD-011 (429): the principal is over its share, with Retry-After.
+    #[error("{message}")]
+    OverShare {
+        message: String,
+        retry_after_seconds: u64,
+    },
+}
+
+impl From<crate::auth::Refusal> for ApiError {
+    fn from(refusal: crate::auth::Refusal) -> ApiError {
+        use crate::auth::Refusal;
+        match refusal {
+            Refusal::Unauthenticated(m) => ApiError::Unauthenticated(m),
+            Refusal::Forbidden(m) => ApiError::Forbidden(m),
+            Refusal::OverShare {
+                message,
+                retry_after,
+            } => ApiError::OverShare {
+                message,
+                // Whole seconds, rounded up: a client that waits that long passes.
+                retry_after_seconds: retry_after.as_secs()
+                    + u64::from(retry_after.subsec_nanos() > 0),
+            },
+        }
+    }
 }
 
 impl ApiError {
@@ -156,6 +185,10 @@ impl ApiError {
             | ApiError::AckTimeout {
                 retry_after_seconds,
                 ..
+            }
+            | ApiError::OverShare {
+                retry_after_seconds,
+                ..
             } => Some(*retry_after_seconds),
             _ => None,
         }
@@ -173,7 +206,8 @@ impl ApiError {
             ApiError::Database(_) => "AUD-006",
             ApiError::BatchTooLarge(_) => "AUD-007",
             ApiError::UnsupportedMediaType(_) => "AUD-008",
-            ApiError::Unauthorized => "AUD-009",
+            ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => "AUD-009",
+            ApiError::OverShare { .. } => "AUD-011",
         }
     }
 
@@ -190,7 +224,9 @@ impl ApiError {
             | ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::OverShare { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -239,6 +275,19 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&seconds.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let ApiError::Unauthenticated(why) = &self {
+            // RFC 6750: the scheme, and why the token was refused (quotes removed).
+            let challenge = format!(
+                "Bearer realm=\"audit-manager\", error=\"invalid_token\", error_description=\"{}\"",
+                why.replace(['"', '\\'], "'")
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .collect::<String>()
+            );
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
         }
         response
     }

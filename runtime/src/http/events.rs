@@ -1,5 +1,6 @@
 //! The event endpoints: one CloudEvent, or a batch accepted whole or not at all.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -11,6 +12,7 @@ use super::binary::binary_mode_event;
 use super::envelope::{self, ApiError, MAX_LISTED_ERRORS, parse_json};
 use super::state::{AppState, Shared};
 use super::{body, schema, shape};
+use crate::auth::Caller;
 use crate::config::AckMode;
 use crate::event::normalize::{self, Warning};
 use crate::event::{self, FieldError, Invalid, Limits, ValidEvent, typed};
@@ -23,9 +25,12 @@ use crate::ingest::queue::{Outgoing, Refused};
     responses(
         (status = 202, description = "Accepted: `response.accepted` is the event id; `response.warnings` lists what was normalized to accept it, if anything", body = envelope::Envelope),
         (status = 400, description = "AUD-001 malformed JSON, AUD-002 schema validation failed", body = envelope::Envelope),
+        (status = 401, description = "AUD-009 (auth.mode jwt) no valid bearer token, with WWW-Authenticate", body = envelope::Envelope),
+        (status = 403, description = "AUD-009 (auth.mode jwt) the principal may not write this source", body = envelope::Envelope),
         (status = 408, description = "AUD-010 the body was not received within server.body_read_timeout_seconds", body = envelope::Envelope),
         (status = 413, description = "AUD-003 body or event too large", body = envelope::Envelope),
         (status = 415, description = "AUD-008 unsupported media type", body = envelope::Envelope),
+        (status = 429, description = "AUD-011 (auth.rate_per_second) the principal is over its share, with Retry-After", body = envelope::Envelope),
         (status = 503, description = "AUD-004 queue or body budget full (Retry-After), AUD-005 not ready, or Kafka did not acknowledge in time (ack_mode kafka, Retry-After)", body = envelope::Envelope),
     ))]
 pub async fn post_event(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
@@ -40,9 +45,12 @@ pub async fn post_event(State(state): Shared, headers: HeaderMap, body: Body) ->
     responses(
         (status = 202, description = "Accepted: `response.accepted` lists the ids, `response.count` their number, `response.warnings` what was normalized (paths like events[3].time)", body = envelope::Envelope),
         (status = 400, description = "AUD-001, AUD-002 (paths like events[3].time), AUD-007 batch too large", body = envelope::Envelope),
+        (status = 401, description = "AUD-009 (auth.mode jwt) no valid bearer token, with WWW-Authenticate", body = envelope::Envelope),
+        (status = 403, description = "AUD-009 (auth.mode jwt) the principal may not write the source of events[i]; nothing of the batch was accepted", body = envelope::Envelope),
         (status = 408, description = "AUD-010", body = envelope::Envelope),
         (status = 413, description = "AUD-003", body = envelope::Envelope),
         (status = 415, description = "AUD-008", body = envelope::Envelope),
+        (status = 429, description = "AUD-011, nothing of the batch was accepted", body = envelope::Envelope),
         (status = 503, description = "AUD-004 (nothing of the batch was accepted), AUD-005", body = envelope::Envelope),
     ))]
 pub async fn post_batch(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
@@ -70,6 +78,7 @@ async fn accept_one(
     body: Body,
 ) -> Result<Response, ApiError> {
     refuse_when_draining(state)?;
+    let caller = authenticate(state, headers)?;
     let media = media_type(headers);
     let limit = body::Limit {
         bytes: state.config.ingest.event_body_limit(),
@@ -84,8 +93,10 @@ async fn accept_one(
         match &*media {
             "application/json" | "application/cloudevents+json" => {
                 let text = std::str::from_utf8(bytes).ok();
-                if let Some(ready) = text.and_then(|text| as_sent(text, &limits, now)) {
-                    return accepted_one(state, ready, Vec::new()).await;
+                if let Some(ready) =
+                    text.and_then(|text| as_sent(text, &limits, now, caller.as_ref(), None))
+                {
+                    return accepted_one(state, ready?, Vec::new(), caller.as_ref()).await;
                 }
                 parse_json(bytes)?
             }
@@ -104,17 +115,18 @@ async fn accept_one(
             "the event is {size} bytes; the limit is {limit} bytes"
         )),
     })?;
-    let (event, warnings) = outgoing(event);
-    accepted_one(state, event, warnings).await
+    let (event, warnings) = outgoing(event, caller.as_ref(), None)?;
+    accepted_one(state, event, warnings, caller.as_ref()).await
 }
 
 async fn accepted_one(
     state: &AppState,
     event: Outgoing,
     warnings: Vec<Warning>,
+    caller: Option<&Caller>,
 ) -> Result<Response, ApiError> {
     let id = event.id.clone();
-    enqueue(state, vec![event], &warnings).await?;
+    enqueue(state, vec![event], &warnings, caller).await?;
     Ok(envelope::ok(
         StatusCode::ACCEPTED,
         envelope::Accepted {
@@ -125,18 +137,35 @@ async fn accepted_one(
 }
 
 /// The event as it was sent, when it is valid and validation would not change it (see
-/// [`typed::accept_as_is`]): published byte for byte, without a JSON tree.
-fn as_sent(text: &str, limits: &Limits, now: chrono::DateTime<chrono::Utc>) -> Option<Outgoing> {
-    typed::accept_as_is(text, limits, now).map(|ok| Outgoing {
-        id: ok.id,
-        key: ok.key,
-        payload: text.as_bytes().to_vec(),
-        normalized: None,
-    })
+/// [`typed::accept_as_is`]): published byte for byte, without a JSON tree. `Some(Err)` when
+/// the caller may not write its source (`at`: its place in a batch).
+fn as_sent(
+    text: &str,
+    limits: &Limits,
+    now: chrono::DateTime<chrono::Utc>,
+    caller: Option<&Caller>,
+    at: Option<(&str, usize)>,
+) -> Option<Result<Outgoing, ApiError>> {
+    let ok = typed::accept_as_is(text, limits, now)?;
+    Some(
+        authorized(caller, &ok.source, at).map(|principal| Outgoing {
+            id: ok.id,
+            key: ok.key,
+            payload: text.as_bytes().to_vec(),
+            normalized: None,
+            principal,
+        }),
+    )
 }
 
-/// A validated event, serialized, for the queue, and what was normalized to accept it.
-fn outgoing(mut event: ValidEvent) -> (Outgoing, Vec<Warning>) {
+/// A validated event, serialized, for the queue, and what was normalized to accept it; an
+/// error when the caller may not write its source.
+fn outgoing(
+    mut event: ValidEvent,
+    caller: Option<&Caller>,
+    at: Option<(&str, usize)>,
+) -> Result<(Outgoing, Vec<Warning>), ApiError> {
+    let principal = authorized(caller, event.source(), at)?;
     let warnings = std::mem::take(&mut event.warnings);
     let reasons = normalize::reasons(&warnings);
     let queued = Outgoing {
@@ -144,8 +173,35 @@ fn outgoing(mut event: ValidEvent) -> (Outgoing, Vec<Warning>) {
         key: event.partition_key().to_string(),
         normalized: (!reasons.is_empty()).then(|| normalize::header_value(&reasons)),
         payload: event.into_json(),
+        principal,
     };
-    (queued, warnings)
+    Ok((queued, warnings))
+}
+
+/// The principal to record with an event of `source`, when the caller may write it (None
+/// when authentication is off).
+fn authorized(
+    caller: Option<&Caller>,
+    source: &str,
+    at: Option<(&str, usize)>,
+) -> Result<Option<Arc<str>>, ApiError> {
+    match caller {
+        None => Ok(None),
+        Some(c) => {
+            c.may_write(source, at)?;
+            Ok(Some(Arc::clone(&c.principal)))
+        }
+    }
+}
+
+/// The caller of an event request: None when `auth.mode` is `none`, else the verified
+/// principal of its bearer token (401 without one).
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    let Some(auth) = &state.auth else {
+        return Ok(None);
+    };
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    Ok(Some(auth.authenticate(authorization)?))
 }
 
 /// Batch bodies larger than this are checked one at a time on the [`super::heavy`] lane: a
@@ -154,7 +210,7 @@ fn outgoing(mut event: ValidEvent) -> (Outgoing, Vec<Warning>) {
 pub const HEAVY_BODY_BYTES: usize = 1 << 20;
 
 /// What a batch is checked against, owned so that the work can move to another thread.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct BatchRules {
     limits: Limits,
     max_batch_size: usize,
@@ -162,6 +218,8 @@ struct BatchRules {
     raw_limit: usize,
     /// `application/cloudevents-batch+json` (a JSON array) rather than `{"events": [...]}`.
     array: bool,
+    /// Who sends it, when authentication is on: every event's source must be its to write.
+    caller: Option<Caller>,
 }
 
 /// A batch ready to queue: its events and what was normalized in them.
@@ -176,6 +234,7 @@ async fn accept_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     refuse_when_draining(state)?;
+    let caller = authenticate(state, headers)?;
     let array = match &*media_type(headers) {
         "application/json" => false,
         "application/cloudevents-batch+json" => true,
@@ -191,6 +250,7 @@ async fn accept_batch(
         max_batch_size: state.config.ingest.max_batch_size,
         raw_limit: state.config.ingest.event_body_limit(),
         array,
+        caller: caller.clone(),
     };
     let now = chrono::Utc::now();
     let Prepared { events, warnings } = if read.bytes.len() > HEAVY_BODY_BYTES {
@@ -218,7 +278,7 @@ async fn accept_batch(
         prepare_batch(&read.bytes, rules, now)?
     };
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    enqueue(state, events, &warnings).await?;
+    enqueue(state, events, &warnings, caller.as_ref()).await?;
     Ok(envelope::ok(
         StatusCode::ACCEPTED,
         envelope::BatchAccepted {
@@ -254,6 +314,7 @@ fn prepare_batch(
         )]));
     }
     let limits = &rules.limits;
+    let caller = rules.caller.as_ref();
     // An event's own bytes are measured before any tree is built from them.
     if let Some((i, raw)) = items
         .iter()
@@ -272,8 +333,9 @@ fn prepare_batch(
     let mut omitted = 0;
     let mut warnings = Vec::new();
     for (i, raw) in items.into_iter().enumerate() {
-        if let Some(ready) = as_sent(raw.get(), limits, now) {
-            events.push(ready);
+        // A forbidden source refuses the whole batch, as an invalid event does.
+        if let Some(ready) = as_sent(raw.get(), limits, now, caller, Some((prefix, i))) {
+            events.push(ready?);
             continue;
         }
         let at = format!("{prefix}[{i}]");
@@ -281,7 +343,7 @@ fn prepare_batch(
             .map_err(|e| ApiError::MalformedJson(format!("{at}: {e}")))?;
         match event::validate(value, limits, now) {
             Ok(e) => {
-                let (queued, normalized) = outgoing(e);
+                let (queued, normalized) = outgoing(e, caller, Some((prefix, i)))?;
                 events.push(queued);
                 warnings.extend(normalized.into_iter().map(|w| w.prefixed(&at)));
             }
@@ -323,8 +385,12 @@ async fn enqueue(
     state: &AppState,
     outgoing: Vec<Outgoing>,
     warnings: &[Warning],
+    caller: Option<&Caller>,
 ) -> Result<(), ApiError> {
     let n = outgoing.len() as u64;
+    if let (Some(auth), Some(caller)) = (&state.auth, caller) {
+        auth.charge(caller, outgoing.len())?;
+    }
     let want_ack = state.config.ingest.ack_mode == AckMode::Kafka;
     let acks = state
         .queue
@@ -345,7 +411,7 @@ async fn enqueue(
                     ApiError::NotReady("shut down before Kafka acknowledged the event".into())
                 })?;
             }
-            Ok(())
+            Ok::<(), ApiError>(())
         };
         match tokio::time::timeout(wait, all).await {
             Ok(result) => result?,

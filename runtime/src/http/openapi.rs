@@ -10,7 +10,7 @@ use super::{events, ops};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "audit-manager", description = "Audit events in (CloudEvents 1.0), stored exactly once. Every JSON response uses the envelope; errors carry codes AUD-001..AUD-009."),
+    info(title = "audit-manager", description = "Audit events in (CloudEvents 1.0), stored exactly once. Every JSON response uses the envelope; errors carry codes AUD-001..AUD-011. With auth.mode jwt, event requests carry `Authorization: Bearer <JWT>`."),
     paths(
         events::post_event, events::post_batch, ops::health, ops::live, ops::ready,
         ops::version, ops::config, ops::metrics

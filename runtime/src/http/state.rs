@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::event::Limits;
 use crate::health::{Enabled, Health};
@@ -20,6 +21,8 @@ pub struct AppState {
     pub heavy: super::heavy::HeavyLane,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Who may write (`auth.mode: jwt`); None lets anyone write.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 impl AppState {
@@ -41,7 +44,14 @@ impl AppState {
             heavy: super::heavy::HeavyLane::start(),
             metrics,
             health,
+            auth: None,
         }
+    }
+
+    /// The state with `auth` verifying every event request.
+    pub fn with_auth(mut self, auth: Option<Arc<Authenticator>>) -> AppState {
+        self.auth = auth;
+        self
     }
 
     pub fn limits(&self) -> Limits {

@@ -19,6 +19,8 @@ pub struct Queued {
     /// What the ingest normalized, for the record's `audit-normalized` header (kept for every
     /// attempt: librdkafka's report does not carry headers back).
     pub normalized: Option<String>,
+    /// Who sent it, for the record's `audit-principal` header.
+    pub principal: Option<std::sync::Arc<str>>,
     /// Told once Kafka acknowledged the event (ack mode `kafka`).
     pub acked: Option<oneshot::Sender<()>>,
     /// Returned to the queue when this is dropped, after delivery.
@@ -39,6 +41,8 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
     /// The `audit-normalized` header value, when anything was normalized.
     pub normalized: Option<String>,
+    /// Who sent it (`auth.mode: jwt`), for the record's `audit-principal` header.
+    pub principal: Option<std::sync::Arc<str>>,
 }
 
 /// What an event's bookkeeping costs beside its strings (the struct, the channel slot, and
@@ -52,6 +56,7 @@ impl Outgoing {
             + self.key.len()
             + self.payload.len()
             + self.normalized.as_ref().map_or(0, String::len)
+            + self.principal.as_ref().map_or(0, |p| p.len())
             + OVERHEAD_BYTES
     }
 }
@@ -131,6 +136,7 @@ impl IngestQueue {
                 key: e.key,
                 payload: e.payload,
                 normalized: e.normalized,
+                principal: e.principal,
                 acked,
                 permit,
                 enqueued_at: now,
@@ -204,6 +210,7 @@ mod tests {
                 key: "k".into(),
                 payload: b"{}".to_vec(),
                 normalized: None,
+                principal: None,
             })
             .collect()
     }

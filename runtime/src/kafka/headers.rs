@@ -2,6 +2,10 @@
 
 use rdkafka::message::Headers;
 
+/// The record header naming the authenticated sender (`<issuer>/<principal>`), set by the
+/// ingest when `auth.mode` is `jwt` and stored in the row's `principal` column.
+pub const PRINCIPAL: &str = "audit-principal";
+
 /// The value of header `key` as text, when present and UTF-8.
 pub fn text<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a str> {
     headers?

@@ -186,12 +186,7 @@ impl Publisher {
         let key = std::mem::take(&mut item.key);
         let payload = std::mem::take(&mut item.payload);
         loop {
-            let headers = item.normalized.as_deref().map(|value| {
-                OwnedHeaders::new().insert(Header {
-                    key: normalize::HEADER,
-                    value: Some(value),
-                })
-            });
+            let headers = record_headers(item.normalized.as_deref(), item.principal.as_deref());
             let mut record = BaseRecord::with_opaque_to(&self.topic, item)
                 .key(key.as_str())
                 .payload(payload.as_slice());
@@ -232,4 +227,24 @@ impl Backoff {
     fn reset(&mut self) {
         *self = Backoff::new();
     }
+}
+
+/// The headers of a record: what the ingest normalized and who sent it, when known.
+fn record_headers(normalized: Option<&str>, principal: Option<&str>) -> Option<OwnedHeaders> {
+    if normalized.is_none() && principal.is_none() {
+        return None;
+    }
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in [
+        (normalize::HEADER, normalized),
+        (super::headers::PRINCIPAL, principal),
+    ] {
+        if let Some(value) = value {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+    }
+    Some(headers)
 }

@@ -22,11 +22,19 @@ pub struct Poison {
     pub reason: String,
 }
 
-/// Parses and validates one record value into a row; `normalized` is the record's
-/// `audit-normalized` header (what the ingest normalized), added to the row's own.
+/// What the ingest said of a record in its headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Told<'a> {
+    /// `audit-normalized`: what the ingest normalized, added to the row's own.
+    pub normalized: Option<&'a str>,
+    /// `audit-principal`: who sent it.
+    pub principal: Option<&'a str>,
+}
+
+/// Parses and validates one record value into a row, with what its headers say.
 pub fn decode(
     payload: Option<&[u8]>,
-    normalized: Option<&str>,
+    told: Told<'_>,
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Row, Poison> {
@@ -37,9 +45,10 @@ pub fn decode(
         Some(row) => row,
         None => full(bytes, limits, now)?,
     };
-    if let Some(header) = normalized {
+    if let Some(header) = told.normalized {
         row.also_normalized(normalize::parse_header(header));
     }
+    row.principal = told.principal.map(str::to_string);
     Ok(row)
 }
 
@@ -102,16 +111,19 @@ mod tests {
     #[test]
     fn the_ingest_header_adds_what_it_normalized() {
         let bytes = serde_json::to_vec(&plain()).expect("json");
-        let row = decode(
-            Some(&bytes),
-            Some("time_defaulted,who_knows"),
-            &limits(),
-            now(),
-        )
-        .expect("row");
+        let told = Told {
+            normalized: Some("time_defaulted,who_knows"),
+            principal: Some("cluster/system:serviceaccount:registry:api"),
+        };
+        let row = decode(Some(&bytes), told, &limits(), now()).expect("row");
         assert_eq!(row.normalized, [normalize::Normalization::TimeDefaulted]);
-        let row = decode(Some(&bytes), None, &limits(), now()).expect("row");
+        assert_eq!(
+            row.principal.as_deref(),
+            Some("cluster/system:serviceaccount:registry:api")
+        );
+        let row = decode(Some(&bytes), Told::default(), &limits(), now()).expect("row");
         assert!(row.normalized.is_empty());
+        assert_eq!(row.principal, None);
     }
 
     #[test]

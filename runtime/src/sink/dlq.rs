@@ -89,9 +89,15 @@ pub async fn send(
     let offset = message.offset().to_string();
     let seen = now.to_rfc3339();
     let reason = bounded(reason, MAX_REASON_BYTES);
-    // What the ingest normalized stays with the event, through a replay too.
-    let normalized = headers::text(message.headers(), normalize::HEADER)
-        .filter(|v| v.len() <= MAX_COPIED_HEADER_BYTES);
+    // What the ingest normalized, and who sent it, stay with the event, through a replay too.
+    let kept: Vec<(&str, &str)> = [normalize::HEADER, headers::PRINCIPAL]
+        .into_iter()
+        .filter_map(|key| {
+            headers::text(message.headers(), key)
+                .filter(|v| v.len() <= MAX_COPIED_HEADER_BYTES)
+                .map(|v| (key, v))
+        })
+        .collect();
     let mut backoff = Duration::from_millis(100);
     loop {
         let headers = OwnedHeaders::new()
@@ -115,13 +121,12 @@ pub async fn send(
                 key: FIRST_SEEN,
                 value: Some(&seen),
             });
-        let headers = match normalized {
-            Some(value) => headers.insert(Header {
-                key: normalize::HEADER,
-                value: Some(value),
-            }),
-            None => headers,
-        };
+        let headers = kept.iter().fold(headers, |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(*value),
+            })
+        });
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(headers);
         if let Some(key) = message.key() {
             record = record.key(key);
@@ -211,7 +216,7 @@ pub async fn replay(config: &Config, producer: &FutureProducer) -> Result<Replay
             let mut headers = OwnedHeaders::new();
             for h in h.iter() {
                 let key = match h.key {
-                    normalize::HEADER => normalize::HEADER.to_string(),
+                    normalize::HEADER | headers::PRINCIPAL => h.key.to_string(),
                     other => format!("replayed-{other}"),
                 };
                 headers = headers.insert(Header {

@@ -9,7 +9,7 @@
 mod decode;
 pub mod dlq;
 
-pub use decode::{Poison, decode};
+pub use decode::{Poison, Told, decode};
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -258,8 +258,11 @@ impl Sink {
         }
         let next = batch.offsets.entry(message.partition()).or_insert(0);
         *next = (*next).max(message.offset() + 1);
-        let normalized = headers::text(message.headers(), normalize::HEADER);
-        match decode(message.payload(), normalized, limits, batch.now) {
+        let told = Told {
+            normalized: headers::text(message.headers(), normalize::HEADER),
+            principal: headers::text(message.headers(), headers::PRINCIPAL),
+        };
+        match decode(message.payload(), told, limits, batch.now) {
             Ok(row) => batch.good.push((row, message.detach())),
             Err(p) => batch.poison.push((message.detach(), p)),
         }

@@ -367,6 +367,8 @@ impl LocalNode {
         }
         // The pod's own address; the port stays the container's.
         env.insert("AUDIT_MANAGER__SERVER__HOST".into(), ip.to_string());
+        // Loopback inside a real pod; here the pod's own address, so pods do not collide.
+        env.insert("AUDIT_MANAGER__SERVER__ADMIN_HOST".into(), ip.to_string());
         let args: Vec<String> = container
             .command
             .clone()

@@ -10,6 +10,8 @@ use crate::setup::{Error, announce, cache_dir, pinned, require_file, scratch_dir
 
 /// The static bearer token of the `admin` user (group `system:masters`).
 pub const ADMIN_TOKEN: &str = "testenv-admin-token";
+/// The `iss` of the service-account tokens this API server issues.
+pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// A kube-apiserver with its etcd on 127.0.0.1. Dropping an instance from [`Kube::start`]
 /// stops both.
@@ -71,7 +73,7 @@ impl Kube {
             .arg("--allow-privileged=true")
             .arg("--authorization-mode=RBAC")
             .arg(format!("--token-auth-file={}", tokens.display()))
-            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!("--service-account-issuer={SA_ISSUER}"))
             .arg(format!(
                 "--service-account-key-file={}",
                 pki.join("sa.key").display()
@@ -234,6 +236,69 @@ impl Kube {
         let mut cmd = Command::new(self.bin_dir.join("kubectl"));
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
         cmd
+    }
+
+    /// A ServiceAccount token from the TokenRequest API (`kubectl create token`), creating the
+    /// namespace and the ServiceAccount when missing.
+    pub fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audience: &str,
+        seconds: u32,
+    ) -> Result<String, Error> {
+        for args in [
+            vec!["create", "namespace", namespace],
+            vec!["create", "serviceaccount", name, "-n", namespace],
+        ] {
+            // "already exists" is fine; anything else shows in `create token` below.
+            let _ = self.kubectl().args(&args).output();
+        }
+        let mut cmd = self.kubectl();
+        cmd.args(["create", "token", name, "-n", namespace])
+            .arg(format!("--audience={audience}"))
+            .arg(format!("--duration={seconds}s"));
+        Ok(process::run("kubectl create token", cmd)?
+            .trim()
+            .to_string())
+    }
+
+    /// The API server's service-account issuer (`iss` of its tokens), JWK set URL, and the
+    /// CA and a bearer token a client needs to read that URL.
+    pub fn service_account_issuer(&self) -> (String, String, PathBuf, &'static str) {
+        (
+            SA_ISSUER.to_string(),
+            format!("{}/openid/v1/jwks", self.server_url),
+            self.dir.join("pki").join("ca.crt"),
+            ADMIN_TOKEN,
+        )
+    }
+
+    /// Installs Istio's CRDs with their published schemas (provisioned from istio.io/api) and
+    /// waits until they are served.
+    pub fn install_istio_crds(&self) -> Result<(), Error> {
+        let crds = require_file(
+            "istio CRDs",
+            cache_dir()
+                .join(format!("istio-{}", pinned("ISTIO_API_VERSION")))
+                .join("crds.yaml"),
+        )?;
+        let mut apply = self.kubectl();
+        apply
+            .args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(&crds);
+        process::run("kubectl apply (Istio CRDs)", apply)?;
+        let mut wait = self.kubectl();
+        wait.args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/virtualservices.networking.istio.io",
+            "crd/authorizationpolicies.security.istio.io",
+            "crd/requestauthentications.security.istio.io",
+        ]);
+        process::run("kubectl wait (Istio CRDs)", wait)?;
+        Ok(())
     }
 
     /// A kube-rs client for the admin user.

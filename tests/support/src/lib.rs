@@ -14,6 +14,7 @@
 mod build;
 pub mod hostile;
 pub mod http;
+pub mod jwt;
 mod kafka;
 mod kube;
 pub mod loadgen;
@@ -29,7 +30,7 @@ use std::sync::OnceLock;
 
 pub use build::workspace_binary;
 pub use kafka::{Kafka, SASL_PASSWORD, SASL_USER};
-pub use kube::Kube;
+pub use kube::{Kube, SA_ISSUER};
 pub use postgres::{CERT_ROLE, Postgres, TLS_ONLY_ROLE};
 pub use runtime::AuditManager;
 pub use setup::{Error, cache_dir};

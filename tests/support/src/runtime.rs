@@ -14,6 +14,7 @@ use crate::setup::{Error, scratch_dir};
 pub struct AuditManager {
     server: Server,
     port: u16,
+    admin_port: u16,
 }
 
 impl AuditManager {
@@ -25,6 +26,7 @@ impl AuditManager {
         env: &[(K, V)],
     ) -> Result<AuditManager, Error> {
         let port = free_port()?;
+        let admin_port = free_port()?;
         let dir = scratch_dir("audit-manager")?;
         let mut command = Command::new(binary);
         command
@@ -33,6 +35,7 @@ impl AuditManager {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("AUDIT_MANAGER__SERVER__HOST", "127.0.0.1")
             .env("AUDIT_MANAGER__SERVER__PORT", port.to_string())
+            .env("AUDIT_MANAGER__SERVER__ADMIN_PORT", admin_port.to_string())
             .env("AUDIT_MANAGER__LOG__LEVEL", "info");
         for (k, v) in env {
             command.env(k, v);
@@ -46,7 +49,16 @@ impl AuditManager {
         server.wait_until(Duration::from_secs(60), "ready", || {
             http_status(port, "/v1/auditmanager/health/ready") == Some(200)
         })?;
-        Ok(AuditManager { server, port })
+        Ok(AuditManager {
+            server,
+            port,
+            admin_port,
+        })
+    }
+
+    /// `127.0.0.1:PORT` of the admin listener (`/config`).
+    pub fn admin_address(&self) -> String {
+        format!("127.0.0.1:{}", self.admin_port)
     }
 
     /// `127.0.0.1:PORT`.
