@@ -9,6 +9,8 @@
 // attributes; they are separate columns.
 #![allow(clippy::duplicated_attributes)]
 
+mod access;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
@@ -16,6 +18,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use access::{
+    AuthenticationMode, AuthenticationSpec, EmitterSpec, IssuerSpec, NetworkPolicySpec, PeerSpec,
+    PrincipalClaim, RateLimitSpec,
+};
 
 pub const GROUP: &str = "audit.openg2p.org";
 pub const FINALIZER: &str = "audit.openg2p.org/teardown";
@@ -103,6 +110,8 @@ pub struct AuditManagerSpec {
     pub retention: RetentionSpec,
     #[serde(default)]
     pub istio: IstioSpec,
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     /// Total consumer lag (records) above which `LagWithinThreshold` turns False.
     #[serde(default = "default_lag_threshold")]
     #[schemars(range(min = 0))]
@@ -576,6 +585,7 @@ pub enum Compression {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.maxBatchSize <= self.queueMaxSize").message("ingest.maxBatchSize must not exceed ingest.queueMaxSize: such a batch could never be accepted"))]
+#[x_kube(validation = Rule::new("!has(self.authentication) || !has(self.authentication.rateLimit) || self.authentication.rateLimit.burst >= self.maxBatchSize").message("ingest.authentication.rateLimit.burst must be at least ingest.maxBatchSize, or a full batch could never pass"))]
 pub struct IngestSpec {
     #[serde(default = "default_queue")]
     #[schemars(range(min = 1))]
@@ -585,6 +595,9 @@ pub struct IngestSpec {
     pub max_batch_size: i64,
     #[serde(default = "default_ack_mode")]
     pub ack_mode: AckMode,
+    /// Who may write: `mode: none` (default, anyone) or `jwt`.
+    #[serde(default)]
+    pub authentication: AuthenticationSpec,
 }
 
 impl Default for IngestSpec {
@@ -593,6 +606,7 @@ impl Default for IngestSpec {
             queue_max_size: default_queue(),
             max_batch_size: default_batch(),
             ack_mode: default_ack_mode(),
+            authentication: AuthenticationSpec::default(),
         }
     }
 }

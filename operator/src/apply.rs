@@ -27,14 +27,20 @@ pub fn api_of(client: &Client, am: &AuditManager, kind: build::Kind) -> Api<Dyna
 }
 
 /// Applies every child that should exist and removes the ones that should not. A kind whose
-/// CRD is missing is skipped. Returns whether Istio's VirtualService kind is installed.
-pub async fn children(ctx: &Ctx, am: &AuditManager, children: &[Child]) -> Result<bool, Error> {
-    let mut istio_installed = true;
+/// CRD is missing is skipped. Returns the CRDs missing for children that should exist (Istio's).
+pub async fn children(
+    ctx: &Ctx,
+    am: &AuditManager,
+    children: &[Child],
+) -> Result<Vec<String>, Error> {
+    let mut missing = Vec::new();
     for child in children {
         if let Some(crd) = child.kind.crd()
             && !crd_installed(&ctx.client, crd).await?
         {
-            istio_installed = false;
+            if child.desired.is_some() {
+                missing.push(crd.to_string());
+            }
             continue;
         }
         let api = api_of(&ctx.client, am, child.kind);
@@ -47,7 +53,7 @@ pub async fn children(ctx: &Ctx, am: &AuditManager, children: &[Child]) -> Resul
             }
         }
     }
-    Ok(istio_installed)
+    Ok(missing)
 }
 
 /// Server-side apply, skipped when the child is exactly as last applied (same desired hash,

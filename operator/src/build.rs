@@ -2,64 +2,35 @@
 //! spec alone (plus the checksum of its credentials), and the one list of those children that
 //! applying, deleting, the teardown preview and the controller's watches all use.
 
-use std::collections::BTreeMap;
-
 use audit_manager::config::{self as runtime, Config};
 use audit_manager::db::roles::role_name;
 use audit_manager::http::paths;
-use audit_manager_crds::{AuditManager, CaRef, CaSource, CertSecretRef};
+use audit_manager_crds::{AuditManager, AuthenticationMode, CaRef, CaSource, CertSecretRef};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::Resource;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::context::Error;
+use crate::exposure::{self, Surroundings};
+pub use crate::objects::{
+    CONFIG_DIR, Names, labels, maintenance_labels, maintenance_selector_string, managed_selector,
+    owner, selector, selector_string,
+};
+use crate::objects::{from, metadata, name_of};
 
 /// Seconds the runtime may take to drain its queue on SIGTERM (its shutdown timeout + slack).
 pub const DRAIN_SECONDS: i64 = 60;
-/// Where the runtime's configuration file is mounted.
-const CONFIG_DIR: &str = "/etc/audit-manager";
 /// Where the TLS and SASL material the spec references is mounted, one folder per reference.
 const TLS_DIR: &str = "/var/run/audit-manager";
 /// The runtime's user; its group owns the mounted material (`fsGroup`), readable by it only.
 const RUNTIME_UID: i64 = 65532;
 const SECRET_FILE_MODE: i32 = 0o440;
-
-/// Names of everything created for one resource.
-#[derive(Debug, Clone)]
-pub struct Names {
-    pub app: String,
-    pub config: String,
-    pub maintenance: String,
-    pub owner_secret: String,
-    pub writer_secret: String,
-    pub reader_secret: String,
-}
-
-impl Names {
-    /// The role Secrets, in [`audit_manager::db::roles::KINDS`] order.
-    pub fn role_secrets(&self) -> [&String; 3] {
-        [&self.owner_secret, &self.writer_secret, &self.reader_secret]
-    }
-
-    pub fn of(name: &str) -> Names {
-        Names {
-            app: format!("{name}-audit-manager"),
-            config: format!("{name}-audit-manager-config"),
-            // At most 52 characters (a CronJob's limit): the CRD keeps names to 40.
-            maintenance: format!("{name}-maintenance"),
-            owner_secret: format!("{name}-db-owner"),
-            writer_secret: format!("{name}-db-writer"),
-            reader_secret: format!("{name}-db-reader"),
-        }
-    }
-}
 
 /// What the workload builders need besides the resource.
 pub struct Inputs<'a> {
@@ -67,83 +38,6 @@ pub struct Inputs<'a> {
     /// SHA-256 of the rendered config and of the credentials, so a change rolls the pods.
     pub config_hash: String,
     pub secret_hash: String,
-}
-
-fn name_of(am: &AuditManager) -> String {
-    am.meta().name.clone().unwrap_or_default()
-}
-
-fn namespace_of(am: &AuditManager) -> String {
-    am.meta().namespace.clone().unwrap_or_default()
-}
-
-/// The controller owner reference every child carries.
-pub fn owner(am: &AuditManager) -> Option<OwnerReference> {
-    am.controller_owner_ref(&())
-}
-
-/// The label every child carries, and no pod selector uses.
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "audit-manager-operator");
-
-/// [`MANAGED_BY`] as a selector: the operator's watches see only objects that carry it.
-pub fn managed_selector() -> String {
-    format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
-}
-
-/// Labels of every child; the selector uses the first two.
-pub fn labels(am: &AuditManager) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "audit-manager".into()),
-        ("app.kubernetes.io/instance".into(), name_of(am)),
-        (MANAGED_BY.0.into(), MANAGED_BY.1.into()),
-    ])
-}
-
-/// The labels that select this resource's pods and Jobs (the first two of [`labels`]).
-pub fn selector(am: &AuditManager) -> BTreeMap<String, String> {
-    labels(am)
-        .into_iter()
-        .filter(|(k, _)| k != MANAGED_BY.0)
-        .collect()
-}
-
-/// [`selector`] as a label selector string, for list calls.
-pub fn selector_string(am: &AuditManager) -> String {
-    as_selector(&selector(am))
-}
-
-/// The labels of the maintenance CronJob's Jobs and pods: a name of their own, so that no
-/// selector of the runtime (Service, PodDisruptionBudget, HPA, health probe) picks them.
-pub fn maintenance_labels(am: &AuditManager) -> BTreeMap<String, String> {
-    let mut l = labels(am);
-    l.insert(
-        "app.kubernetes.io/name".into(),
-        "audit-manager-maintenance".into(),
-    );
-    l.insert("app.kubernetes.io/component".into(), "maintenance".into());
-    l
-}
-
-/// [`maintenance_labels`] as a label selector string (the Jobs, at teardown).
-pub fn maintenance_selector_string(am: &AuditManager) -> String {
-    as_selector(&maintenance_labels(am))
-}
-
-fn as_selector(labels: &BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn metadata(am: &AuditManager, name: &str) -> Value {
-    json!({
-        "name": name,
-        "namespace": namespace_of(am),
-        "labels": labels(am),
-        "ownerReferences": owner(am).into_iter().collect::<Vec<_>>(),
-    })
 }
 
 /// SHA-256 hex of some bytes.
@@ -163,6 +57,7 @@ pub fn runtime_config(am: &AuditManager) -> Config {
     c.server.host = "0.0.0.0".into();
     c.server.port = runtime::DEFAULT_PORT;
     c.server.shutdown_timeout_seconds = (DRAIN_SECONDS - 10) as u64;
+    c.server.metrics_port = exposure::METRICS_PORT;
     c.ingest.queue_max_size = count(spec.ingest.queue_max_size, c.ingest.queue_max_size);
     c.ingest.max_batch_size = count(spec.ingest.max_batch_size, c.ingest.max_batch_size);
     c.ingest.ack_mode = match spec.ingest.ack_mode {
@@ -266,20 +161,35 @@ fn size_for_memory(c: &mut Config, limit: Option<u64>) {
     }
 }
 
-/// The configuration file the runtime reads at `$CONFIG_PATH`, without secrets.
-pub fn runtime_config_file(am: &AuditManager) -> Result<String, Error> {
-    let file = json!({ "audit_manager": runtime_config(am).without_secrets() });
+/// The configuration file the runtime reads at `$CONFIG_PATH`, without secrets, with the
+/// `auth` section (which needs the cluster's issuer when the spec names it).
+pub fn runtime_config_file(am: &AuditManager, around: &Surroundings) -> Result<String, Error> {
+    let mut config = runtime_config(am);
+    config.auth = exposure::runtime_auth(am, around);
+    let file = json!({ "audit_manager": config.without_secrets() });
     serde_yaml::to_string(&file).map_err(|e| Error::Build {
         kind: "ConfigMap".into(),
         message: e.to_string(),
     })
 }
 
-pub fn config_map(am: &AuditManager, names: &Names) -> Result<ConfigMap, Error> {
+/// The runtime's configuration file and, when an issuer is the cluster's own, its JWK set
+/// (a rotated key reaches the pods without a restart: the file is read every minute).
+pub fn config_map(
+    am: &AuditManager,
+    names: &Names,
+    around: &Surroundings,
+) -> Result<ConfigMap, Error> {
+    let mut data = json!({"config.yaml": runtime_config_file(am, around)?});
+    if let Some(cluster) = &around.cluster_issuer
+        && exposure::wants_cluster_issuer(am)
+    {
+        data[exposure::CLUSTER_KEYS] = json!(cluster.jwks);
+    }
     from(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": metadata(am, &names.config),
-        "data": {"config.yaml": runtime_config_file(am)?},
+        "data": data,
     }))
 }
 
@@ -407,7 +317,8 @@ pub fn deployment(inputs: &Inputs<'_>, names: &Names) -> Result<Deployment, Erro
                         config_path(),
                         password_from(&names.writer_secret),
                     ],
-                    "ports": [{"name": "http", "containerPort": runtime::DEFAULT_PORT}],
+                    "ports": [{"name": "http", "containerPort": runtime::DEFAULT_PORT},
+                              {"name": "metrics", "containerPort": exposure::METRICS_PORT}],
                     "readinessProbe": {"httpGet": {"path": paths::READY, "port": "http"},
                                        "periodSeconds": 5, "failureThreshold": 2},
                     "livenessProbe": {"httpGet": {"path": paths::LIVE, "port": "http"},
@@ -521,84 +432,6 @@ pub fn cronjob(inputs: &Inputs<'_>, names: &Names) -> Result<CronJob, Error> {
     }))
 }
 
-/// The Istio VirtualService routing the path prefix to the Service.
-pub fn virtual_service(am: &AuditManager, names: &Names) -> Result<DynamicObject, Error> {
-    let istio = &am.spec.istio;
-    from(json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-        "metadata": metadata(am, &names.app),
-        "spec": {
-            "hosts": [istio.hostname.clone().unwrap_or_default()],
-            "gateways": [istio.gateway],
-            "http": [{
-                "match": [{"uri": {"prefix": istio.path_prefix}}],
-                "route": [{"destination": {
-                    "host": format!("{}.{}.svc.cluster.local", names.app, namespace_of(am)),
-                    "port": {"number": 80}}}],
-            }]
-        }
-    }))
-}
-
-/// The in-cluster endpoint emitters POST to.
-pub fn endpoint(am: &AuditManager, names: &Names) -> String {
-    match (&am.spec.istio.enabled, &am.spec.istio.hostname) {
-        (true, Some(host)) => format!("https://{host}{}events", am.spec.istio.path_prefix),
-        _ => format!(
-            "http://{}.{}.svc{}",
-            names.app,
-            namespace_of(am),
-            paths::EVENTS
-        ),
-    }
-}
-
-/// Builds a typed object from JSON built in this module. k8s-openapi drops keys it does not
-/// know without a word, so the object is written back and every key sent must still be there:
-/// a misspelt key is an error, not a field that silently vanishes.
-fn from<T: serde::de::DeserializeOwned + serde::Serialize>(value: Value) -> Result<T, Error> {
-    let kind = value["kind"].as_str().unwrap_or("object").to_string();
-    let fail = |message: String| Error::Build {
-        kind: kind.clone(),
-        message,
-    };
-    let typed: T = serde_json::from_value(value.clone()).map_err(|e| fail(e.to_string()))?;
-    let back = serde_json::to_value(&typed).map_err(|e| fail(e.to_string()))?;
-    let lost = lost_keys(&value, &back, "");
-    if lost.is_empty() {
-        Ok(typed)
-    } else {
-        Err(fail(format!(
-            "keys not part of the kind: {}",
-            lost.join(", ")
-        )))
-    }
-}
-
-/// The paths of keys in `sent` that `back` lacks (a null stands for an absent key).
-fn lost_keys(sent: &Value, back: &Value, at: &str) -> Vec<String> {
-    match (sent, back) {
-        (Value::Object(s), Value::Object(b)) => s
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .flat_map(|(k, v)| {
-                let path = format!("{at}.{k}");
-                match b.get(k) {
-                    Some(w) => lost_keys(v, w, &path),
-                    None => vec![path],
-                }
-            })
-            .collect(),
-        (Value::Array(s), Value::Array(b)) => s
-            .iter()
-            .zip(b)
-            .enumerate()
-            .flat_map(|(i, (v, w))| lost_keys(v, w, &format!("{at}[{i}]")))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// A typed child as the dynamic object every child is applied and deleted as.
 fn dynamic<K: serde::Serialize>(typed: &K) -> Result<DynamicObject, Error> {
     Ok(serde_json::from_value(serde_json::to_value(typed)?)?)
@@ -613,19 +446,25 @@ pub enum Kind {
     HorizontalPodAutoscaler,
     PodDisruptionBudget,
     CronJob,
+    NetworkPolicy,
     VirtualService,
+    RequestAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
     /// Every kind of child: the one list.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::ConfigMap,
         Kind::Deployment,
         Kind::Service,
         Kind::HorizontalPodAutoscaler,
         Kind::PodDisruptionBudget,
         Kind::CronJob,
+        Kind::NetworkPolicy,
         Kind::VirtualService,
+        Kind::RequestAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The API resource, for dynamic reads, applies, deletes and watches.
@@ -637,13 +476,20 @@ impl Kind {
             Kind::HorizontalPodAutoscaler => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
             Kind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
             Kind::CronJob => ApiResource::erase::<CronJob>(&()),
-            Kind::VirtualService => ApiResource {
-                group: "networking.istio.io".into(),
-                version: "v1".into(),
-                api_version: "networking.istio.io/v1".into(),
-                kind: "VirtualService".into(),
-                plural: "virtualservices".into(),
-            },
+            Kind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
+            Kind::VirtualService => {
+                istio("networking.istio.io", "VirtualService", "virtualservices")
+            }
+            Kind::RequestAuthentication => istio(
+                "security.istio.io",
+                "RequestAuthentication",
+                "requestauthentications",
+            ),
+            Kind::AuthorizationPolicy => istio(
+                "security.istio.io",
+                "AuthorizationPolicy",
+                "authorizationpolicies",
+            ),
         }
     }
 
@@ -651,6 +497,8 @@ impl Kind {
     pub fn crd(self) -> Option<&'static str> {
         match self {
             Kind::VirtualService => Some("virtualservices.networking.istio.io"),
+            Kind::RequestAuthentication => Some("requestauthentications.security.istio.io"),
+            Kind::AuthorizationPolicy => Some("authorizationpolicies.security.istio.io"),
             _ => None,
         }
     }
@@ -662,6 +510,17 @@ impl Kind {
             Kind::CronJob => &names.maintenance,
             _ => &names.app,
         }
+    }
+}
+
+/// An Istio kind (version v1).
+fn istio(group: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: kind.into(),
+        plural: plural.into(),
     }
 }
 
@@ -682,13 +541,24 @@ pub fn children(
     names: &Names,
     secret_hash: &str,
     held: bool,
+    around: &Surroundings,
 ) -> Result<Vec<Child>, Error> {
-    let config_map = config_map(am, names)?;
+    let config_map = config_map(am, names, around)?;
+    // The configuration file rolls the pods; the cluster's keys beside it do not (the runtime
+    // reads them again).
+    let config_file = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get("config.yaml"))
+        .cloned()
+        .unwrap_or_default();
     let inputs = Inputs {
         am,
-        config_hash: hash(serde_json::to_string(&config_map.data)?.as_bytes()),
+        config_hash: hash(config_file.as_bytes()),
         secret_hash: secret_hash.to_string(),
     };
+    let istio = am.spec.istio.enabled;
+    let jwt = am.spec.ingest.authentication.mode == AuthenticationMode::Jwt;
     Kind::ALL
         .into_iter()
         .map(|kind| {
@@ -703,8 +573,20 @@ pub fn children(
                 },
                 Kind::PodDisruptionBudget => Some(dynamic(&pdb(am, names)?)?),
                 Kind::CronJob => Some(dynamic(&cronjob(&inputs, names)?)?),
-                Kind::VirtualService => match am.spec.istio.enabled {
-                    true => Some(virtual_service(am, names)?),
+                Kind::NetworkPolicy => match am.spec.network_policy.enabled {
+                    true => Some(dynamic(&exposure::network_policy(am, names, around)?)?),
+                    false => None,
+                },
+                Kind::VirtualService => match istio {
+                    true => Some(exposure::virtual_service(am, names)?),
+                    false => None,
+                },
+                Kind::RequestAuthentication => match istio && jwt {
+                    true => Some(exposure::request_authentication(am, names, around)?),
+                    false => None,
+                },
+                Kind::AuthorizationPolicy => match istio {
+                    true => Some(exposure::authorization_policy(am, names, around)?),
                     false => None,
                 },
             };
@@ -751,7 +633,7 @@ mod tests {
     fn the_config_renders_the_spec_without_secrets() {
         let a =
             am(json!({"ingest": {"queueMaxSize": 20000, "maxBatchSize": 100, "ackMode": "kafka"}}));
-        let text = runtime_config_file(&a).expect("config file");
+        let text = runtime_config_file(&a, &Surroundings::default()).expect("config file");
         let v: Value = serde_yaml::from_str(&text).expect("yaml");
         let c = &v["audit_manager"];
         assert_eq!(c["ingest"]["queue_max_size"], json!(20000));
@@ -877,24 +759,54 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_and_the_virtual_service_follow_istio() {
+    fn endpoints_and_the_virtual_service_follow_istio_for_every_prefix() {
+        use crate::exposure::{endpoint, virtual_service};
         let names = Names::of("prod-audit");
         assert_eq!(
             endpoint(&am(json!({})), &names),
             "http://prod-audit-audit-manager.openg2p.svc/v1/auditmanager/events"
         );
-        let a = am(json!({"istio": {"enabled": true, "hostname": "audit.example.org"}}));
-        assert_eq!(
-            endpoint(&a, &names),
-            "https://audit.example.org/v1/auditmanager/events"
-        );
-        let vs = serde_json::to_value(virtual_service(&a, &names).expect("virtual service"))
-            .expect("json");
-        assert_eq!(
-            vs["spec"]["http"][0]["match"][0]["uri"]["prefix"],
-            json!("/v1/auditmanager/")
-        );
-        assert_eq!(vs["spec"]["hosts"], json!(["audit.example.org"]));
+        // The default prefix, the one the docs once suggested, and a custom one: the endpoint
+        // is right for each, and the routes rewrite the public paths to the runtime's own.
+        for (prefix, public) in [
+            (None, "/v1/auditmanager"),
+            (Some("/v1/auditmanager/events"), "/v1/auditmanager"),
+            (Some("/audit/"), "/audit"),
+            (Some("/openg2p/audit"), "/openg2p/audit"),
+        ] {
+            let mut istio = json!({"enabled": true, "hostname": "audit.example.org"});
+            if let Some(p) = prefix {
+                istio["pathPrefix"] = json!(p);
+            }
+            let a = am(json!({ "istio": istio }));
+            assert_eq!(
+                endpoint(&a, &names),
+                format!("https://audit.example.org{public}/events"),
+                "{prefix:?}"
+            );
+            let vs = serde_json::to_value(virtual_service(&a, &names).expect("virtual service"))
+                .expect("json");
+            let routes: Vec<(Value, Value)> = vs["spec"]["http"]
+                .as_array()
+                .expect("routes")
+                .iter()
+                .map(|r| {
+                    (
+                        r["match"][0]["uri"]["exact"].clone(),
+                        r["rewrite"]["uri"].clone(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                routes,
+                [
+                    (json!(format!("{public}/events/batch")), json!(paths::BATCH)),
+                    (json!(format!("{public}/events")), json!(paths::EVENTS)),
+                ],
+                "only the event paths are routed: {prefix:?}"
+            );
+            assert_eq!(vs["spec"]["hosts"], json!(["audit.example.org"]));
+        }
     }
 
     #[test]
@@ -1008,7 +920,8 @@ mod tests {
     fn every_child_of_every_spec_builds_without_losing_a_key() {
         for a in specs() {
             let names = Names::of("prod-audit");
-            let children = children(&a, &names, "s1", false).expect("children");
+            let children =
+                children(&a, &names, "s1", false, &Surroundings::default()).expect("children");
             let kinds: Vec<Kind> = children.iter().map(|c| c.kind).collect();
             assert_eq!(kinds, Kind::ALL);
             for c in &children {
@@ -1026,7 +939,8 @@ mod tests {
             );
             assert_eq!(desired(Kind::VirtualService), a.spec.istio.enabled);
             // Held by a conflict: no workload, the rest as usual.
-            let held = super::children(&a, &names, "s1", true).expect("children");
+            let held = super::children(&a, &names, "s1", true, &Surroundings::default())
+                .expect("children");
             for c in &held {
                 let workload = matches!(
                     c.kind,
@@ -1054,7 +968,7 @@ mod tests {
         std::fs::write(mounted.path().join("kafka-sasl/password"), "pw\n").expect("write");
         for a in specs() {
             let file = tempfile::NamedTempFile::new().expect("temp file");
-            let rendered = runtime_config_file(&a).expect("config file");
+            let rendered = runtime_config_file(&a, &Surroundings::default()).expect("config file");
             std::fs::write(file.path(), rendered.replace(TLS_DIR, &root)).expect("write");
             let env = std::collections::BTreeMap::from([
                 (

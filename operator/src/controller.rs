@@ -17,8 +17,9 @@ use tracing::Instrument;
 
 use crate::build::{self, Kind, Names};
 use crate::context::{Ctx, Error};
+use crate::exposure::Surroundings;
 use crate::status::{self, Observed};
-use crate::{apply, credentials, observe, provision, teardown};
+use crate::{apply, credentials, exposure, observe, provision, teardown};
 
 /// How often lag and health are refreshed when nothing changes.
 pub const REFRESH: Duration = Duration::from_secs(30);
@@ -99,8 +100,18 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
     // serving ingest: readiness does not depend on PostgreSQL.
     // While a conflict stands, no workload runs against someone else's database or topics.
     let held = status::held(&provisioned.database, &provisioned.topics);
-    let children = build::children(am, &names, &provisioned.secret_hash, held.is_some())?;
-    let istio_installed = apply::children(ctx, am, &children).await?;
+    let around = Surroundings {
+        operator_namespace: ctx.namespace.clone(),
+        cluster_issuer: provisioned.cluster_issuer.clone(),
+    };
+    let children = build::children(
+        am,
+        &names,
+        &provisioned.secret_hash,
+        held.is_some(),
+        &around,
+    )?;
+    let missing_crds = apply::children(ctx, am, &children).await?;
     let workload = match held {
         Some(p) => Err(p),
         None => observe::workload(ctx, am, &names).await,
@@ -114,8 +125,8 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
             Ok(c) => observe::lag(am, c).await,
             Err(p) => Err(p.clone()),
         },
-        istio_installed,
-        endpoint: build::endpoint(am, &names),
+        missing_crds,
+        endpoint: exposure::endpoint(am, &names),
         owned_topics: provisioned.owned_topics,
         teardown_preview: am
             .annotations()

@@ -4,7 +4,8 @@
 //! A reconcile is a pipeline ([`controller`]): [`provision`] the external things ([`database`],
 //! [`topics`], with [`credentials`] and the TLS/SASL material of [`connections`] from Secrets) → [`build`] the children (pure) → [`apply`]
 //! them → [`observe`] the workload, health and lag → [`status`] (pure). Deletion is
-//! [`teardown`]. What every step shares is in [`context`].
+//! [`teardown`]. What every step shares is in [`context`]; what every child object shares in
+//! [`objects`]; who may reach and write to the runtime is built by [`exposure`].
 
 pub mod apply;
 pub mod build;
@@ -13,8 +14,10 @@ pub mod context;
 pub mod controller;
 pub mod credentials;
 pub mod database;
+pub mod exposure;
 pub mod lease;
 pub mod metrics;
+pub mod objects;
 pub mod observe;
 pub mod provision;
 pub mod record;

@@ -9,6 +9,7 @@ use kube::runtime::events::EventType;
 use crate::build::{self, Names};
 use crate::connections::{self, Connections};
 use crate::context::{Ctx, Error};
+use crate::exposure::{self, ClusterIssuer};
 use crate::status::{Outcome, Problem};
 use crate::{apply, credentials, database, record, topics};
 
@@ -23,6 +24,8 @@ pub struct Provisioned {
     pub secret_hash: String,
     /// The settings of the operator's own connections (lag, teardown).
     pub connections: Result<Connections, Problem>,
+    /// The cluster's ServiceAccount issuer, read when the spec trusts it.
+    pub cluster_issuer: Option<ClusterIssuer>,
 }
 
 /// Runs the database step when something it depends on changed, and the topics step.
@@ -116,13 +119,47 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
             .unwrap_or_else(|p| p.into_inner())
             .insert(uid, (generation, fingerprint));
     }
+    let cluster_issuer = match exposure::wants_cluster_issuer(am) {
+        true => Some(cluster_issuer(&ctx.client).await?),
+        false => None,
+    };
     Ok(Provisioned {
         database,
         topics,
         owned_topics,
         secret_hash,
         connections,
+        cluster_issuer,
     })
+}
+
+/// The cluster's ServiceAccount issuer and its keys, as the API server publishes them to any
+/// ServiceAccount (`system:service-account-issuer-discovery`). Read on every reconcile, so a
+/// rotated signing key reaches the pods' file within a reconcile and kubelet's sync.
+async fn cluster_issuer(client: &kube::Client) -> Result<ClusterIssuer, Error> {
+    let get = |path: &str| {
+        http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| Error::Build {
+                kind: "request".into(),
+                message: e.to_string(),
+            })
+    };
+    let discovery: serde_json::Value = serde_json::from_str(
+        &client
+            .request_text(get("/.well-known/openid-configuration")?)
+            .await?,
+    )?;
+    let issuer = discovery["issuer"]
+        .as_str()
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| Error::Build {
+            kind: "ServiceAccount issuer".into(),
+            message: "the API server's /.well-known/openid-configuration names no issuer (is --service-account-issuer set?)".into(),
+        })?
+        .to_string();
+    let jwks = client.request_text(get("/openid/v1/jwks")?).await?;
+    Ok(ClusterIssuer { issuer, jwks })
 }
 
 /// The UIDs of the AuditManagers that exist, with their `namespace/name`.

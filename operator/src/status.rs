@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use audit_manager_crds::{AuditManager, AuditManagerStatus, ConsumerLag};
+use audit_manager_crds::{AuditManager, AuditManagerStatus, AuthenticationMode, ConsumerLag};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// A failed step: a CamelCase reason and a message for humans.
@@ -64,8 +64,9 @@ pub struct Observed {
     pub health: Outcome,
     /// Consumer lag per partition of the events topic.
     pub lag: Result<BTreeMap<i32, i64>, Problem>,
-    /// Whether Istio's VirtualService kind exists in the cluster.
-    pub istio_installed: bool,
+    /// The CRDs of children that should exist but cannot (Istio's kinds, when Istio is not
+    /// installed).
+    pub missing_crds: Vec<String>,
     /// Where emitters POST (from the spec).
     pub endpoint: String,
     /// Topics this resource created (recorded for teardown).
@@ -171,16 +172,48 @@ pub fn outcomes(am: &AuditManager, observed: &Observed) -> Vec<(&'static str, Ou
         Err(Problem::new("NotReady", failing.join(", ")))
     };
     states.push(("Ready", ready));
-    if am.spec.istio.enabled && !observed.istio_installed {
+    states.push(("EmittersAuthenticated", emitters_authenticated(am)));
+    if am.spec.istio.enabled && !observed.missing_crds.is_empty() {
         states.push((
             "IstioReady",
             Err(Problem::new(
                 "IstioNotInstalled",
-                "spec.istio.enabled is true but the VirtualService CRD (networking.istio.io) is not installed; the Service is reachable in the cluster".into(),
+                format!(
+                    "spec.istio.enabled is true but Istio's CRDs {} are not installed; the Service is reachable in the cluster",
+                    observed.missing_crds.join(", ")
+                ),
             )),
         ));
     }
     states
+}
+
+/// Whether emitters must prove who they are: a warning (False, `AuthenticationOff`) while
+/// anyone who reaches the Service may write; not part of Ready (the original's behaviour is a
+/// choice, not a failure).
+pub fn emitters_authenticated(am: &AuditManager) -> Outcome {
+    let auth = &am.spec.ingest.authentication;
+    match auth.mode {
+        AuthenticationMode::None => Err(Problem::new(
+            "AuthenticationOff",
+            "spec.ingest.authentication.mode is none: any workload that reaches the Service can write rows under any source; turn on jwt (docs/security.md, Authenticated emitters)".into(),
+        )),
+        AuthenticationMode::Jwt => {
+            let issuers: Vec<&str> = auth.issuers.iter().map(|i| i.name.as_str()).collect();
+            let share = match &auth.rate_limit {
+                Some(r) => format!(
+                    "; each principal at most {} events/s (burst {})",
+                    r.events_per_second, r.burst
+                ),
+                None => String::new(),
+            };
+            Ok(format!(
+                "bearer tokens of {} verified; {} emitter entries name the sources each may write{share}",
+                issuers.join(", "),
+                auth.emitters.len()
+            ))
+        }
+    }
 }
 
 /// The whole status for this generation.
@@ -352,7 +385,7 @@ mod tests {
             }),
             health: Ok("2 ready pod(s) report healthy".into()),
             lag: Ok(BTreeMap::from([(0, 5), (1, 7)])),
-            istio_installed: false,
+            missing_crds: Vec::new(),
             endpoint: "http://a-audit-manager.n.svc/v1/auditmanager/events".into(),
             owned_topics: vec!["t".into()],
             teardown_preview: None,
@@ -380,14 +413,22 @@ mod tests {
                 "WorkloadAvailable",
                 "Healthy",
                 "LagWithinThreshold",
-                "Ready"
+                "Ready",
+                "EmittersAuthenticated"
             ]
         );
         assert!(
             s.conditions
                 .iter()
+                .filter(|c| c.type_ != "EmittersAuthenticated")
                 .all(|c| c.status == "True" && c.reason == "Ok")
         );
+        let open = condition(&s, "EmittersAuthenticated").expect("the warning");
+        assert_eq!(
+            (open.status.as_str(), open.reason.as_str()),
+            ("False", "AuthenticationOff")
+        );
+        assert_eq!(condition(&s, "Ready").expect("Ready").status, "True");
         let ready = condition(&s, "Ready").expect("Ready");
         assert!(
             ready
@@ -403,6 +444,23 @@ mod tests {
         assert_eq!(lag.partitions.get("1"), Some(&7));
         assert_eq!((s.replicas, s.ready_replicas), (Some(2), Some(2)));
         assert_eq!(s.owned_topics, ["t"]);
+    }
+
+    #[test]
+    fn authenticated_emitters_are_said_with_their_issuers_and_share() {
+        let a = am(json!({"ingest": {"authentication": {"mode": "jwt",
+            "issuers": [{"name": "cluster", "serviceAccountIssuer": true, "audiences": ["audit-manager"]},
+                        {"name": "keycloak", "issuer": "https://kc/realms/r", "jwksUri": "https://kc/certs",
+                         "audiences": ["audit-manager"], "principalClaim": "azp"}],
+            "emitters": [{"principal": "system:serviceaccount:registry:*", "sources": ["urn:openg2p:registry"]}],
+            "rateLimit": {"eventsPerSecond": 100, "burst": 500}}}}));
+        let s = status(&a, &AuditManagerStatus::default(), healthy(), &at(1));
+        let c = condition(&s, "EmittersAuthenticated").expect("condition");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Ok"));
+        assert_eq!(
+            c.message,
+            "bearer tokens of cluster, keycloak verified; 1 emitter entries name the sources each may write; each principal at most 100 events/s (burst 500)"
+        );
     }
 
     #[test]
@@ -575,19 +633,24 @@ mod tests {
         );
         assert!(condition(&plain, "IstioReady").is_none());
         let wants = am(json!({"istio": {"enabled": true, "hostname": "h"}}));
-        let missing = status(&wants, &AuditManagerStatus::default(), healthy(), &at(1));
+        let mut absent = healthy();
+        absent.missing_crds = vec!["virtualservices.networking.istio.io".into()];
+        let missing = status(&wants, &AuditManagerStatus::default(), absent, &at(1));
         let c = condition(&missing, "IstioReady").expect("IstioReady");
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
             ("False", "IstioNotInstalled")
         );
+        assert!(
+            c.message.contains("virtualservices.networking.istio.io"),
+            "{}",
+            c.message
+        );
         assert_eq!(
             condition(&missing, "Ready").map(|c| c.status.as_str()),
             Some("True")
         );
-        let mut installed = healthy();
-        installed.istio_installed = true;
-        let fine = status(&wants, &AuditManagerStatus::default(), installed, &at(1));
+        let fine = status(&wants, &AuditManagerStatus::default(), healthy(), &at(1));
         assert!(condition(&fine, "IstioReady").is_none());
     }
 

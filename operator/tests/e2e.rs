@@ -61,6 +61,10 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         kube,
         &name,
         json!({"autoscaling": {"enabled": false}, "replicas": 2, "lagThreshold": 0,
+        // Emitters prove who they are with ServiceAccount tokens of this cluster.
+        "ingest": {"authentication": {"mode": "jwt",
+            "issuers": [{"name": "cluster", "serviceAccountIssuer": true, "audiences": ["audit-manager"]}],
+            "emitters": [{"principal": "system:serviceaccount:*:emitter", "issuer": "cluster", "sources": ["/e2e"]}]}},
         "database": {"host": pg.host(), "port": pg.port(), "adminSecretRef": {"name": "pg-admin"},
                      "sslMode": "verify-full", "caRef": {"name": "pg-cluster-ca"}},
         "kafka": {
@@ -129,10 +133,26 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
 
-    // Events POSTed to a pod become rows.
+    // Events POSTed to a pod with a ServiceAccount token of an emitter become rows naming it;
+    // without a token nothing is accepted.
     let mut client = audit_testenv::http::HttpClient::connect(&format!("{}:8000", ips[0]))
         .await
         .expect("connect to a pod");
+    let token = kube
+        .service_account_token(&f.namespace, "emitter", "audit-manager", 3600)
+        .expect("TokenRequest");
+    let bearer = format!("Bearer {token}");
+    let anonymous = client
+        .post(
+            "/v1/auditmanager/events",
+            "application/json",
+            json!({"specversion": "1.0", "id": "anonymous", "source": "/e2e", "type": "t",
+                   "data": {"actor": {"id": "u"}, "action": "a", "outcome": "success"}})
+            .to_string(),
+        )
+        .await
+        .expect("POST");
+    assert_eq!(anonymous.status, 401, "{:?}", anonymous.json());
     let events: Vec<serde_json::Value> = (0..200)
         .map(|i| {
             json!({"specversion": "1.0", "id": format!("e2e-{i}"), "source": "/e2e", "type": "t",
@@ -141,9 +161,13 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         })
         .collect();
     let answer = client
-        .post(
+        .send(
+            "POST",
             "/v1/auditmanager/events/batch",
-            "application/json",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &bearer),
+            ],
             json!({"events": events}).to_string(),
         )
         .await
@@ -174,6 +198,22 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         assert!(Instant::now() < deadline, "{n} of 200 rows");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let principals: Vec<(Option<String>, i64)> =
+        sqlx::query_as("SELECT principal, count(*) FROM audit_events GROUP BY 1")
+            .fetch_all(&pool)
+            .await
+            .expect("principals");
+    assert_eq!(
+        principals,
+        [(
+            Some(format!(
+                "cluster/system:serviceaccount:{}:emitter",
+                f.namespace
+            )),
+            200
+        )],
+        "every row names its authenticated sender"
+    );
 
     // The operator sees it all: Ready, lag 0, two ready replicas.
     let api = f.api::<AuditManager>();
@@ -214,7 +254,7 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         "{topics}"
     );
 
-    pod_deleted_while_events_are_posted(&f, &pods, &pool, work.path()).await;
+    pod_deleted_while_events_are_posted(&f, &pods, &pool, work.path(), &bearer).await;
 
     // Deleting the resource tears everything down over the same secured connections.
     pool.close().await;
@@ -252,7 +292,9 @@ async fn pod_deleted_while_events_are_posted(
     pods: &kube::Api<Pod>,
     pool: &sqlx::PgPool,
     work: &std::path::Path,
+    bearer: &str,
 ) {
+    let bearer = bearer.to_string();
     let selector = format!("app.kubernetes.io/instance={}", f.name);
     let list = pods
         .list(&ListParams::default().labels(&selector))
@@ -301,9 +343,13 @@ async fn pod_deleted_while_events_are_posted(
                         continue;
                     };
                     match client
-                        .post(
+                        .send(
+                            "POST",
                             "/v1/auditmanager/events",
-                            "application/json",
+                            &[
+                                ("content-type", "application/json"),
+                                ("authorization", &bearer),
+                            ],
                             event.to_string(),
                         )
                         .await

@@ -1,13 +1,11 @@
-//! Istio: without its CRD a condition says so and everything else proceeds; with it the
-//! VirtualService routes the path prefix to the Service, and goes away when disabled.
-//! (Its own test binary: installing the VirtualService CRD changes the API server.)
+//! Istio: without its CRDs a condition says so and everything else proceeds; with them the
+//! VirtualService routes the event paths to the Service, and goes away when disabled.
+//! (Its own test binary: installing Istio's CRDs changes the API server.)
 
 mod common;
 
 use common::{Fixture, condition};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,36 +28,10 @@ async fn the_virtual_service_follows_istio_and_its_crd() {
         "everything else proceeds"
     );
 
-    let crds: Api<CustomResourceDefinition> = Api::all(f.client.clone());
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "virtualservices.networking.istio.io"},
-        "spec": {
-            "group": "networking.istio.io", "scope": "Namespaced",
-            "names": {"kind": "VirtualService", "plural": "virtualservices", "singular": "virtualservice"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
-        }
-    }))
-    .expect("crd");
-    crds.patch(
-        "virtualservices.networking.istio.io",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("install the VirtualService CRD");
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        await_condition(
-            crds,
-            "virtualservices.networking.istio.io",
-            conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .expect("established in time")
-    .expect("watch");
+    // Istio's own CRDs, with their published schemas.
+    audit_testenv::kube()
+        .install_istio_crds()
+        .expect("install Istio's CRDs");
 
     let am = f.reconcile().await;
     assert_eq!(
@@ -89,8 +61,8 @@ async fn the_virtual_service_follows_istio_and_its_crd() {
         .expect("the VirtualService exists");
     assert_eq!(vs.data["spec"]["hosts"], json!(["audit.example.org"]));
     assert_eq!(
-        vs.data["spec"]["http"][0]["match"][0]["uri"]["prefix"],
-        json!("/v1/auditmanager/")
+        vs.data["spec"]["http"][1]["match"][0]["uri"]["exact"],
+        json!("/v1/auditmanager/events")
     );
     let uid = am.metadata.uid.clone().expect("uid");
     assert!(common::owned_by(vs.metadata.owner_references.clone(), &uid));
