@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
-use crate::loadgen::{Connection, Tally, event, worker};
+use crate::loadgen::{Connection, Tally, Target, event, worker};
 
 /// What hostile clients got back, by kind of attack.
 #[derive(Debug, Default)]
@@ -149,9 +149,12 @@ pub async fn mix(address: &str, rate: u64, connections: usize, seconds: u64) -> 
     for c in 0..connections {
         let run = format!("hostile-normal-{c}");
         normal.push(tokio::spawn(worker(
-            address.to_string(),
-            "/v1/auditmanager/events",
-            "application/json",
+            Target {
+                address: address.to_string(),
+                path: "/v1/auditmanager/events",
+                content_type: "application/json",
+                bearer: None,
+            },
             move |n| event(n, &run),
             until,
             Some(interval),

@@ -29,17 +29,27 @@ fn chrono_now() -> String {
 pub struct Connection {
     stream: tokio::net::TcpStream,
     host: String,
+    /// Extra header lines, each ending in CRLF (e.g. `authorization: Bearer ...`).
+    extra: String,
     request: Vec<u8>,
     answer: Vec<u8>,
 }
 
 impl Connection {
     pub async fn open(address: &str) -> std::io::Result<Connection> {
+        Connection::open_with(address, None).await
+    }
+
+    /// A connection whose requests carry `Authorization: Bearer <bearer>`.
+    pub async fn open_with(address: &str, bearer: Option<&str>) -> std::io::Result<Connection> {
         let stream = tokio::net::TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         Ok(Connection {
             stream,
             host: address.to_string(),
+            extra: bearer
+                .map(|t| format!("authorization: Bearer {t}\r\n"))
+                .unwrap_or_default(),
             request: Vec::with_capacity(4096),
             answer: Vec::with_capacity(4096),
         })
@@ -57,8 +67,9 @@ impl Connection {
         self.request.clear();
         write!(
             self.request,
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nhost: {}\r\n{}content-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             self.host,
+            self.extra,
             body.len()
         )?;
         self.request.extend_from_slice(body);
@@ -139,19 +150,33 @@ impl Tally {
     }
 }
 
+/// Where a worker sends, and as whom.
+pub struct Target {
+    pub address: String,
+    pub path: &'static str,
+    pub content_type: &'static str,
+    /// `Authorization: Bearer` on every request, when set.
+    pub bearer: Option<std::sync::Arc<str>>,
+}
+
 /// One connection sending requests; `interval` None = as fast as answers come back
 /// (closed loop, saturation), Some = open loop at that spacing.
 pub async fn worker(
-    address: String,
-    path: &'static str,
-    content_type: &'static str,
+    target: Target,
     body: impl Fn(u64) -> String,
     until: Instant,
     interval: Option<Duration>,
     offset: Duration,
 ) -> Tally {
+    let Target {
+        address,
+        path,
+        content_type,
+        bearer,
+    } = target;
     let mut tally = Tally::default();
-    let Ok(mut client) = Connection::open(&address).await else {
+    let bearer = bearer.as_deref();
+    let Ok(mut client) = Connection::open_with(&address, bearer).await else {
         tally.errors += 1;
         return tally;
     };
@@ -179,7 +204,7 @@ pub async fn worker(
             Ok(503) => tally.refused += 1,
             Ok(_) | Err(_) => {
                 tally.errors += 1;
-                if let Ok(c) = Connection::open(&address).await {
+                if let Ok(c) = Connection::open_with(&address, bearer).await {
                     client = c;
                 }
             }
@@ -196,6 +221,21 @@ pub async fn run_phase(
     rate: Option<u64>,
     batch: Option<usize>,
 ) -> u64 {
+    run_phase_as(name, address, connections, seconds, rate, batch, None).await
+}
+
+/// [`run_phase`] with every request carrying `bearer` (one emitter's token, reused as an
+/// emitter reuses it until it expires).
+pub async fn run_phase_as(
+    name: &str,
+    address: &str,
+    connections: usize,
+    seconds: u64,
+    rate: Option<u64>,
+    batch: Option<usize>,
+    bearer: Option<&str>,
+) -> u64 {
+    let bearer: Option<std::sync::Arc<str>> = bearer.map(Into::into);
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -206,13 +246,17 @@ pub async fn run_phase(
             .map(|i| i.mul_f64(c as f64 / connections as f64))
             .unwrap_or_default();
         let address = address.to_string();
+        let bearer = bearer.clone();
         tasks.push(tokio::spawn(async move {
             match batch {
                 None => {
                     worker(
-                        address,
-                        "/v1/auditmanager/events",
-                        "application/json",
+                        Target {
+                            address,
+                            path: "/v1/auditmanager/events",
+                            content_type: "application/json",
+                            bearer,
+                        },
                         move |n| event(n, &run),
                         until,
                         interval,
@@ -222,9 +266,12 @@ pub async fn run_phase(
                 }
                 Some(size) => {
                     worker(
-                        address,
-                        "/v1/auditmanager/events/batch",
-                        "application/json",
+                        Target {
+                            address,
+                            path: "/v1/auditmanager/events/batch",
+                            content_type: "application/json",
+                            bearer,
+                        },
                         move |n| {
                             let events: Vec<String> = (0..size as u64)
                                 .map(|i| event(n * size as u64 + i, &run))

@@ -4,6 +4,7 @@
 //! Measures, in one run:
 //! - saturation, single events: accepted events/s and latency percentiles;
 //! - saturation, batches: accepted events/s through `/events/batch`;
+//! - both again with `auth.mode: jwt`, and the cost of authentication against the runs above;
 //! - fixed rate (open loop, latency from the scheduled send time, so a stall is not hidden);
 //! - memory: idle RSS, and RSS per queued event with the broker stopped;
 //! - how long a full queue takes to drain once the broker is back;
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use audit_testenv::hostile;
 use audit_testenv::http::HttpClient;
-use audit_testenv::loadgen::{event, metric, run_phase, with_overrides};
+use audit_testenv::jwt::{JwksServer, SigningKey};
+use audit_testenv::loadgen::{event, metric, run_phase, run_phase_as, with_overrides};
 use audit_testenv::topics::create_topic;
 use audit_testenv::{AuditManager, Kafka};
 
@@ -176,6 +178,80 @@ async fn hostile_mix(binary: &std::path::Path, env: &[(String, String)], o: &Opt
     );
 }
 
+/// The same saturation phases with `auth.mode: jwt` (an RS256 issuer, as Keycloak's and the
+/// API server's tokens are; each connection reuses its emitter's token, as emitters do), on a
+/// runtime of its own, and the cost next to `off` (events accepted without authentication).
+async fn with_authentication(
+    binary: &std::path::Path,
+    env: &[(String, String)],
+    o: &Options,
+    (single_off, batch_off): (u64, u64),
+) {
+    let key = match SigningKey::generate("bench") {
+        Ok(k) => k,
+        Err(e) => return eprintln!("bench-ingest: {e}"),
+    };
+    let jwks = JwksServer::start(vec![key.jwk.clone()]).await;
+    let issuer = "https://keycloak.bench/realms/openg2p";
+    let yaml = format!(
+        "auth:\n  mode: jwt\n  issuers:\n    - name: keycloak\n      issuer: {issuer}\n      jwks_url: {}\n      audiences: [audit-manager]\n      principal_claim: azp\n  emitters:\n    - principal: bench-*\n      sources: ['/bench']\n",
+        jwks.url
+    );
+    let config = match audit_testenv::jwt::write_scratch("bench-auth.yaml", &yaml) {
+        Ok(p) => p,
+        Err(e) => return eprintln!("bench-ingest: {e}"),
+    };
+    let mut env = env.to_vec();
+    env.push(("CONFIG_PATH".into(), config.display().to_string()));
+    let runtime = match AuditManager::start(binary, &["serve"], &env) {
+        Ok(r) => r,
+        Err(e) => return eprintln!("bench-ingest: {e}"),
+    };
+    let now = audit_testenv::jwt::now();
+    let token = key.sign(
+        &serde_json::json!({"iss": issuer, "sub": "service-account-bench", "azp": "bench-emitter",
+        "aud": "audit-manager", "iat": now, "exp": now + 3600}),
+    );
+    let address = runtime.address();
+    println!("authentication jwt (RS256, one emitter token per connection):");
+    run_phase_as(
+        "warm-up, jwt (not counted)",
+        &address,
+        o.connections,
+        o.warmup,
+        None,
+        None,
+        Some(&token),
+    )
+    .await;
+    let single = run_phase_as(
+        "single, saturation, jwt",
+        &address,
+        o.connections,
+        o.seconds,
+        None,
+        None,
+        Some(&token),
+    )
+    .await;
+    let batch = run_phase_as(
+        &format!("batch of {}, saturation, jwt", o.batch),
+        &address,
+        8,
+        o.seconds,
+        None,
+        Some(o.batch),
+        Some(&token),
+    )
+    .await;
+    let cost = |on: u64, off: u64| 100.0 * (1.0 - on as f64 / off.max(1) as f64);
+    println!(
+        "authentication cost (events accepted, jwt against off, same run): single {:.1}%, batch {:.1}% (target: under 10%)",
+        cost(single, single_off),
+        cost(batch, batch_off)
+    );
+}
+
 fn main() -> std::process::ExitCode {
     let o = match options() {
         Ok(o) => o,
@@ -235,11 +311,12 @@ fn main() -> std::process::ExitCode {
         // The broker has only just started (and compiles its hot paths) and the runtime's
         // connections are cold: a few seconds of the same load first, reported, not counted.
         run_phase("warm-up (not counted)", &address, o.connections, o.warmup, None, None).await;
-        run_phase("single, saturation", &address, o.connections, o.seconds, None, None).await;
-        run_phase(&format!("batch of {}, saturation", o.batch), &address, 8, o.seconds, None, Some(o.batch)).await;
+        let single = run_phase("single, saturation", &address, o.connections, o.seconds, None, None).await;
+        let batch = run_phase(&format!("batch of {}, saturation", o.batch), &address, 8, o.seconds, None, Some(o.batch)).await;
         run_phase(&format!("single, fixed {} /s", o.rate), &address, o.connections, o.seconds, Some(o.rate), None).await;
         println!("peak RSS after the runs: {:.1} MB", runtime.rss_bytes().unwrap_or(0) as f64 / 1e6);
         drop(runtime);
+        with_authentication(&binary, &env, &o, (single, batch)).await;
         hostile_mix(&binary, &env, &o).await;
     });
     std::process::ExitCode::SUCCESS
