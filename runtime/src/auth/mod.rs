@@ -86,6 +86,8 @@ struct Unverified {
 struct Claims {
     sub: Option<String>,
     azp: Option<String>,
+    /// Required and checked by the verification.
+    exp: u64,
 }
 
 struct Remembered {
@@ -242,7 +244,11 @@ impl Authenticator {
                         ))
                     })?;
                     let caller = self.caller(&config.name, &name)?;
-                    return Ok((caller, keys, now + REMEMBER_FOR.min(until_exp(token))));
+                    let left = claims
+                        .exp
+                        .saturating_sub(chrono::Utc::now().timestamp().max(0) as u64);
+                    let until = now + REMEMBER_FOR.min(Duration::from_secs(left));
+                    return Ok((caller, keys, until));
                 }
                 Err(e) => last = Some(explain(&e, config)),
             }
@@ -307,23 +313,6 @@ fn explain(e: &jsonwebtoken::errors::Error, config: &config::IssuerConfig) -> St
         ErrorKind::MissingRequiredClaim(claim) => format!("no `{claim}` claim"),
         _ => e.to_string(),
     }
-}
-
-/// How long until the token's `exp`, read without verification (it was just verified).
-fn until_exp(token: &str) -> Duration {
-    #[derive(Deserialize)]
-    struct Exp {
-        exp: Option<u64>,
-    }
-    let exp = token
-        .split('.')
-        .nth(1)
-        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
-        .and_then(|p| serde_json::from_slice::<Exp>(&p).ok())
-        .and_then(|c| c.exp)
-        .unwrap_or(0);
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
-    Duration::from_secs(exp.saturating_sub(now))
 }
 
 /// `pattern` with `*` matching any run of characters (none included).
