@@ -786,22 +786,11 @@ mod tests {
             );
             let vs = serde_json::to_value(virtual_service(&a, &names).expect("virtual service"))
                 .expect("json");
-            let routes: Vec<(Value, Value)> = vs["spec"]["http"]
-                .as_array()
-                .expect("routes")
-                .iter()
-                .map(|r| {
-                    (
-                        r["match"][0]["uri"]["exact"].clone(),
-                        r["rewrite"]["uri"].clone(),
-                    )
-                })
-                .collect();
             assert_eq!(
-                routes,
+                crate::exposure::routes_of(&vs),
                 [
-                    (json!(format!("{public}/events/batch")), json!(paths::BATCH)),
-                    (json!(format!("{public}/events")), json!(paths::EVENTS)),
+                    (format!("{public}/events/batch"), paths::BATCH.to_string()),
+                    (format!("{public}/events"), paths::EVENTS.to_string()),
                 ],
                 "only the event paths are routed: {prefix:?}"
             );

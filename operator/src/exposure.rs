@@ -319,6 +319,26 @@ pub fn virtual_service(am: &AuditManager, names: &Names) -> Result<DynamicObject
     }))
 }
 
+/// The (public path, runtime path) pairs a rendered VirtualService routes, in its order: what
+/// a reader of the object (a test, a status check) compares with [`virtual_service`]'s intent.
+pub fn routes_of(virtual_service: &Value) -> Vec<(String, String)> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    virtual_service["spec"]["http"]
+        .as_array()
+        .map(|routes| {
+            routes
+                .iter()
+                .map(|r| {
+                    (
+                        text(&r["match"][0]["uri"]["exact"]),
+                        text(&r["rewrite"]["uri"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The endpoint emitters POST a single event to.
 pub fn endpoint(am: &AuditManager, names: &Names) -> String {
     match (&am.spec.istio.enabled, &am.spec.istio.hostname) {

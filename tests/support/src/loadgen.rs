@@ -245,47 +245,25 @@ pub async fn run_phase_as(
         let offset = interval
             .map(|i| i.mul_f64(c as f64 / connections as f64))
             .unwrap_or_default();
-        let address = address.to_string();
-        let bearer = bearer.clone();
-        tasks.push(tokio::spawn(async move {
-            match batch {
-                None => {
-                    worker(
-                        Target {
-                            address,
-                            path: "/v1/auditmanager/events",
-                            content_type: "application/json",
-                            bearer,
-                        },
-                        move |n| event(n, &run),
-                        until,
-                        interval,
-                        offset,
-                    )
-                    .await
-                }
-                Some(size) => {
-                    worker(
-                        Target {
-                            address,
-                            path: "/v1/auditmanager/events/batch",
-                            content_type: "application/json",
-                            bearer,
-                        },
-                        move |n| {
-                            let events: Vec<String> = (0..size as u64)
-                                .map(|i| event(n * size as u64 + i, &run))
-                                .collect();
-                            format!(r#"{{"events":[{}]}}"#, events.join(","))
-                        },
-                        until,
-                        interval,
-                        offset,
-                    )
-                    .await
-                }
+        let target = Target {
+            address: address.to_string(),
+            path: match batch {
+                None => "/v1/auditmanager/events",
+                Some(_) => "/v1/auditmanager/events/batch",
+            },
+            content_type: "application/json",
+            bearer: bearer.clone(),
+        };
+        let body = move |n: u64| match batch {
+            None => event(n, &run),
+            Some(size) => {
+                let events: Vec<String> = (0..size as u64)
+                    .map(|i| event(n * size as u64 + i, &run))
+                    .collect();
+                format!(r#"{{"events":[{}]}}"#, events.join(","))
             }
-        }));
+        };
+        tasks.push(tokio::spawn(worker(target, body, until, interval, offset)));
     }
     let mut tally = Tally::default();
     for t in tasks {
