@@ -3,8 +3,12 @@
 #   - PostgreSQL server binaries (Debian package `postgresql`, installed when initdb is missing)
 #   - Java 17+ and Maven (Debian packages, when missing), then the Apache Kafka broker jars from
 #     Maven Central
-#   - etcd, kube-apiserver, kube-controller-manager and kubectl, built with `go build` from the
-#     Go module proxy
+#   - etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet and
+#     kube-proxy, built with `go build` from the Go module proxy
+#   - Istio's CRDs (istio.io/api from the Go module proxy)
+#   - podman and runc (Debian packages), and the base image debian:bookworm-slim made with
+#     debootstrap
+#   - containerd, the CNI plugins and iptables for a real node (Debian packages)
 # Everything fetched or built lands in $AUDIT_MANAGER_CACHE (default ~/.cache/audit-manager),
 # one folder per component and version, so the next run and a fresh clone reuse it.
 set -euo pipefail
@@ -101,9 +105,11 @@ provision_kube() {
   fi
 
   local k8s_dir="$cache/k8s-$KUBERNETES_VERSION/bin"
-  if [ ! -f "$k8s_dir/.complete" ]; then
+  local commands=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy) missing=0 c
+  for c in "${commands[@]}"; do [ -x "$k8s_dir/$c" ] || missing=1; done
+  if [ ! -f "$k8s_dir/.complete" ] || [ "$missing" = 1 ]; then
     require_pinned "$here/k8s/go.mod" k8s.io/kubernetes "$KUBERNETES_VERSION"
-    step "building kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION (go build, first run only; several minutes)"
+    step "building kube-apiserver, kube-controller-manager, kubectl, kube-scheduler, kubelet, kube-proxy $KUBERNETES_VERSION (go build, first run only; several minutes)"
     mkdir -p "$k8s_dir"
     # The release build stamps its version in; without it the binaries call themselves
     # v0.0.0-master, and the API server derives its emulated version from that.
@@ -113,7 +119,10 @@ provision_kube() {
       "-X $v.gitVersion=$KUBERNETES_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kubectl
+      k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet \
+      k8s.io/kubernetes/cmd/kube-proxy \
+      k8s.io/kubernetes/cmd/kube-scheduler
     touch "$k8s_dir/.complete"
   fi
 }
@@ -138,8 +147,64 @@ provision_istio() {
   mv "$out.partial" "$out"
 }
 
+# ---- Container images -----------------------------------------------------------------------
+# podman builds the project's images (runtime/Dockerfile, operator/Dockerfile) and runc runs
+# their steps (crun refuses this kind of machine's hybrid cgroups). No registry is reachable,
+# so the base image the Dockerfiles start from, debian:bookworm-slim, is made here:
+# debootstrap's minbase, trimmed as the official slim image is, kept as a root file system
+# tarball that the test environment imports into its own image store (tests/support images.rs).
+provision_images() {
+  local need=()
+  command -v podman >/dev/null || need+=(podman)
+  command -v runc >/dev/null || need+=(runc)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v strip >/dev/null || need+=(binutils)
+  [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+
+  local dest="$cache/debian-bookworm-slim"
+  [ -f "$dest/rootfs.tar" ] && return
+  step "making the base image debian:bookworm-slim with debootstrap (first run only, about a minute)"
+  local root="$dest/rootfs.partial"
+  mkdir -p "$dest"
+  sudo_if_needed rm -rf "$root"
+  sudo_if_needed debootstrap --variant=minbase bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+    >"$dest/debootstrap.log" 2>&1 || die "debootstrap failed; see $dest/debootstrap.log"
+  # What the official slim image leaves out: documentation, manuals, locales, caches, logs.
+  sudo_if_needed find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  sudo_if_needed rm -rf "$root"/usr/share/{man,info,groff,lintian,linda}/* "$root"/usr/share/locale/* \
+    "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/* \
+    "$root"/var/log/* "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old
+  sudo_if_needed tee "$root/etc/dpkg/dpkg.cfg.d/docker" >/dev/null <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+DPKG
+  sudo_if_needed tar --numeric-owner -C "$root" -cf "$dest/rootfs.tar.partial" .
+  sudo_if_needed rm -rf "$root"
+  mv "$dest/rootfs.tar.partial" "$dest/rootfs.tar"
+}
+
+# ---- A real node -----------------------------------------------------------------------------
+# containerd (with runc), the CNI plugins and iptables (kube-proxy) from Debian's packages, and
+# gcc for the pause image (built from pause.c in the Go module cache: no registry is reachable).
+# kubelet and kube-proxy are built with the other Kubernetes commands (provision_kube).
+provision_node() {
+  local need=()
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  command -v iptables >/dev/null || need+=(iptables)
+  command -v gcc >/dev/null || need+=(gcc libc6-dev)
+  [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+}
+
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio)
+[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio images node)
 for c in "${components[@]}"; do
   case "$c" in
     build) provision_build ;;
@@ -147,7 +212,9 @@ for c in "${components[@]}"; do
     kafka) provision_kafka ;;
     kube) provision_kube ;;
     istio) provision_istio ;;
-    *) die "unknown component '$c' (expected build, postgres, kafka, kube or istio)" ;;
+    images) provision_images ;;
+    node) provision_node ;;
+    *) die "unknown component '$c' (expected build, postgres, kafka, kube, istio, images or node)" ;;
   esac
 done
 step "test environment provisioned in $cache"

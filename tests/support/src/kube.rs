@@ -1,6 +1,7 @@
 //! A Kubernetes control plane: etcd and kube-apiserver built from the Go module proxy, TLS from
 //! a throwaway CA, a static admin token, and a kubeconfig for tests and for `kubectl`.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use std::time::Duration;
 use crate::process::{self, Server};
 use crate::setup::{Error, announce, cache_dir, pinned, require_file, scratch_dir};
 
+/// The ClusterIP of the `kubernetes` Service (the first of `--service-cluster-ip-range`).
+pub const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
 /// The static bearer token of the `admin` user (group `system:masters`).
 pub const ADMIN_TOKEN: &str = "testenv-admin-token";
 /// The `iss` of the service-account tokens this API server issues.
@@ -25,11 +28,30 @@ pub struct Kube {
     apiserver: Server,
     etcd: Server,
     controller_manager: std::sync::Mutex<Option<Server>>,
+    scheduler: std::sync::Mutex<Option<Server>>,
+}
+
+/// How a control plane is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The address the API server binds and advertises: 127.0.0.1 unless pods of a real node
+    /// must reach it (then the host's address on the node's bridge).
+    pub address: Option<Ipv4Addr>,
+    /// Serves a real node: the ServiceAccount admission plugin on (pods get projected tokens),
+    /// a client certificate for reaching kubelets (`kubectl logs`, `exec`), and kubelets
+    /// reached by their InternalIP (never a name lookup).
+    pub node: bool,
 }
 
 impl Kube {
-    /// Starts etcd and kube-apiserver on free ports and writes a kubeconfig.
+    /// Starts etcd and kube-apiserver on free ports of 127.0.0.1 and writes a kubeconfig.
     pub fn start() -> Result<Kube, Error> {
+        Kube::start_with(&Options::default())
+    }
+
+    /// Starts etcd and kube-apiserver as `options` say.
+    pub fn start_with(options: &Options) -> Result<Kube, Error> {
+        let address = options.address.unwrap_or(Ipv4Addr::LOCALHOST);
         let bin_dir = match std::env::var_os("AUDIT_TESTENV_KUBE_BIN") {
             Some(d) => PathBuf::from(d),
             None => cache_dir().join(format!("k8s-{}/bin", pinned("KUBERNETES_VERSION"))),
@@ -44,7 +66,7 @@ impl Kube {
         let dir = scratch_dir("kube")?;
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki).map_err(|e| Error::io("creating pki dir".into(), e))?;
-        make_pki(&pki)?;
+        make_pki(&pki, address, options.node)?;
 
         let (etcd, etcd_url, etcd_version) = start_etcd(&etcd_bin, &dir)?;
 
@@ -68,7 +90,8 @@ impl Kube {
             ))
             .arg(format!("--client-ca-file={}", pki.join("ca.crt").display()))
             .arg(format!("--secure-port={port}"))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--bind-address={address}"))
+            .arg(format!("--advertise-address={address}"))
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--allow-privileged=true")
             .arg("--authorization-mode=RBAC")
@@ -82,17 +105,29 @@ impl Kube {
                 "--service-account-signing-key-file={}",
                 pki.join("sa.key").display()
             ))
-            // Pods need no ServiceAccount object here (no token controller runs by default).
-            .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--storage-backend=etcd3")
             .arg("--v=1");
+        if options.node {
+            cmd.arg(format!(
+                "--kubelet-client-certificate={}",
+                pki.join("kubelet-client.crt").display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                pki.join("kubelet-client.key").display()
+            ))
+            .arg("--kubelet-preferred-address-types=InternalIP");
+        } else {
+            // Pods need no ServiceAccount object here (no token controller runs by default).
+            cmd.arg("--disable-admission-plugins=ServiceAccount");
+        }
         let apiserver = Server::spawn(
             "kube-apiserver",
             cmd,
             &dir.join("kube-apiserver.log"),
             libc::SIGTERM,
         )?;
-        let server_url = format!("https://127.0.0.1:{port}");
+        let server_url = format!("https://{address}:{port}");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -129,6 +164,7 @@ impl Kube {
             apiserver,
             etcd,
             controller_manager: std::sync::Mutex::new(None),
+            scheduler: std::sync::Mutex::new(None),
         })
     }
 
@@ -197,6 +233,42 @@ impl Kube {
         announce(&format!(
             "kube-controller-manager running (secure port {port})"
         ));
+        *guard = Some(server);
+        Ok(())
+    }
+
+    /// Starts kube-scheduler against this API server (pods of a real node are scheduled as
+    /// in a cluster, not bound by hand).
+    pub fn start_scheduler(&self) -> Result<(), Error> {
+        let mut guard = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            return Ok(());
+        }
+        let bin = require_file("kube-scheduler", self.bin_dir.join("kube-scheduler"))?;
+        let port = process::free_port()?;
+        let mut cmd = Command::new(bin);
+        for flag in [
+            "kubeconfig",
+            "authentication-kubeconfig",
+            "authorization-kubeconfig",
+        ] {
+            cmd.arg(format!("--{flag}={}", self.kubeconfig.display()));
+        }
+        cmd.arg(format!("--secure-port={port}")).args([
+            "--bind-address=127.0.0.1",
+            "--leader-elect=false",
+            "--v=1",
+        ]);
+        let server = Server::spawn(
+            "kube-scheduler",
+            cmd,
+            &self.dir.join("kube-scheduler.log"),
+            libc::SIGTERM,
+        )?;
+        server.wait_until(Duration::from_secs(60), "serving /healthz", || {
+            process::accepts(port)
+        })?;
+        announce(&format!("kube-scheduler running (secure port {port})"));
         *guard = Some(server);
         Ok(())
     }
@@ -314,13 +386,10 @@ impl Kube {
 
 impl Drop for Kube {
     fn drop(&mut self) {
-        if let Some(kcm) = self
-            .controller_manager
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            kcm.stop(Duration::from_secs(10));
+        for component in [&self.scheduler, &self.controller_manager] {
+            if let Some(server) = component.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                server.stop(Duration::from_secs(10));
+            }
         }
         self.apiserver.stop(Duration::from_secs(10));
         self.etcd.stop(Duration::from_secs(10));
@@ -358,13 +427,24 @@ fn start_etcd(bin: &Path, dir: &Path) -> Result<(Server, String, String), Error>
     Ok((etcd, client_url, version))
 }
 
-/// A throwaway CA, a serving certificate for 127.0.0.1, and the service-account signing key.
-fn make_pki(pki: &Path) -> Result<(), Error> {
+/// A throwaway CA, a serving certificate for 127.0.0.1 (and `address`, and the `kubernetes`
+/// Service's ClusterIP), the service-account signing key and, for a real node, the client
+/// certificate the API server shows kubelets (group `system:masters`).
+fn make_pki(pki: &Path, address: Ipv4Addr, node: bool) -> Result<(), Error> {
     let ca = crate::pki::Ca::create(pki, "audit-testenv-ca")?;
     ca.server(
         "server",
-        "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+        &format!(
+            "IP:127.0.0.1,IP:{address},IP:{KUBERNETES_SERVICE_IP},DNS:localhost,DNS:kubernetes.default.svc"
+        ),
     )?;
+    if node {
+        // openssl's -subj takes the organization after the common name.
+        ca.client(
+            "kubelet-client",
+            "kube-apiserver-kubelet-client/O=system:masters",
+        )?;
+    }
     let mut genrsa = Command::new("openssl");
     genrsa
         .args(["genrsa", "-out", "sa.key", "2048"])

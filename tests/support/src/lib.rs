@@ -14,23 +14,27 @@
 mod build;
 pub mod hostile;
 pub mod http;
+pub mod images;
 pub mod jwt;
 mod kafka;
 mod kube;
 pub mod loadgen;
+pub mod node;
 pub mod pki;
 mod postgres;
 mod process;
 mod runtime;
 mod setup;
 pub mod topics;
+mod undo;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use build::workspace_binary;
 pub use kafka::{Kafka, SASL_PASSWORD, SASL_USER};
-pub use kube::{Kube, SA_ISSUER};
+pub use kube::{KUBERNETES_SERVICE_IP, Kube, SA_ISSUER};
+pub use node::Cluster;
 pub use postgres::{CERT_ROLE, Postgres, TLS_ONLY_ROLE};
 pub use runtime::AuditManager;
 pub use setup::{Error, cache_dir};
@@ -86,6 +90,14 @@ pub fn kube_with_controllers() -> &'static Kube {
         kube.start_controller_manager()?;
         Ok(kube)
     })
+}
+
+/// The shared cluster of this test binary with a real node (containerd, kubelet, kube-proxy):
+/// its API server listens on the node's bridge, with controllers and a scheduler. A test
+/// binary uses this or [`kube`] / [`kube_with_controllers`], not several.
+pub fn cluster() -> &'static Cluster {
+    static SHARED: OnceLock<Cluster> = OnceLock::new();
+    shared(&SHARED, Cluster::start)
 }
 
 /// The shared Kubernetes API server of this test binary.

@@ -178,6 +178,8 @@ extern "C" fn stop_all_at_exit() {
     for t in &tracked {
         terminate(t.pid, t.stop_signal, Duration::from_secs(5));
     }
+    // What a real node changed outside its scratch folder (mounts, kernel settings, ...).
+    crate::undo::apply_pending();
     remove_scratch_dirs();
 }
 

@@ -109,6 +109,8 @@ fn sweep_stale_scratch_dirs() {
         if unsafe { libc::kill(pid, 0) } != 0
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
         {
+            // A killed run's node left its changes written down: put them back first.
+            crate::undo::Undo::apply_file(&entry.path().join("undo.json"));
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
