@@ -154,7 +154,13 @@ impl Cluster {
             .filter_map(|s| undo::sysctl(s).map(|v| (s.to_string(), v)))
             .collect();
         undo.netns_before = undo::netns_entries();
-        for outside in ["/run/containerd", "/run/netns", "/var/lib/kubelet"] {
+        // /var/lib/cni: containerd's CNI library keeps its result cache there, whatever dataDir says.
+        for outside in [
+            "/run/containerd",
+            "/run/netns",
+            "/var/lib/kubelet",
+            "/var/lib/cni",
+        ] {
             if !Path::new(outside).exists() {
                 undo.created.push(outside.into());
             }
