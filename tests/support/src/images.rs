@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use crate::setup::{Error, announce, cache_dir, require_file};
+use crate::setup::{Error, announce, cache_dir, create_dirs, require_file, write_file};
 
 /// The base every final stage starts `FROM`, as the Dockerfiles name it.
 pub const BASE: &str = "docker.io/library/debian:bookworm-slim";
@@ -94,14 +94,13 @@ impl Images {
                 cache_dir().join("debian-bookworm-slim/rootfs.tar"),
             )?;
             announce(&format!("importing {} as {BASE}", rootfs.display()));
-            let out = images.podman(&[
+            images.podman(&[
                 "import",
                 "--change",
                 "CMD [\"bash\"]",
                 &rootfs.display().to_string(),
                 BASE,
             ])?;
-            check("importing the base image", &out)?;
         }
         Ok(images)
     }
@@ -126,16 +125,18 @@ impl Images {
         c
     }
 
-    fn podman(&self, args: &[&str]) -> Result<Output, Error> {
-        self.command()
-            .args(args)
-            .output()
-            .map_err(|e| Error::io(format!("running podman {}", args.join(" ")), e))
+    /// Runs podman with `args` to completion: its stdout, or an error with its output.
+    fn podman(&self, args: &[&str]) -> Result<String, Error> {
+        let mut c = self.command();
+        c.args(args);
+        crate::process::run("podman", c)
     }
 
     /// Whether the store holds `reference`.
     pub fn exists(&self, reference: &str) -> bool {
-        self.podman(&["image", "exists", reference])
+        self.command()
+            .args(["image", "exists", reference])
+            .output()
             .is_ok_and(|o| o.status.success())
     }
 
@@ -145,27 +146,13 @@ impl Images {
         let _busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
         let context = crate::scratch(&format!("image-{}", image.name()))?;
         let repo = repository();
-        let staged = context.join("target/release").join(image.name());
-        std::fs::create_dir_all(context.join("target/release"))
-            .map_err(|e| Error::io("creating the build context".into(), e))?;
-        // The workspace's build carries debug information the image has no use for.
-        let out = Command::new("strip")
-            .arg("--strip-debug")
-            .arg("-o")
-            .arg(&staged)
-            .arg(binary)
-            .output()
-            .map_err(|e| Error::io("running strip (binutils)".into(), e))?;
-        check(&format!("stripping {}", binary.display()), &out)?;
-        let mut inputs = vec![context.join("Dockerfile"), staged];
         copy(&repo.join(image.dockerfile()), &context.join("Dockerfile"))?;
+        let mut inputs = vec![context.join("Dockerfile"), binary.to_path_buf()];
         for file in image.files() {
             copy(&repo.join(file), &context.join(file))?;
             inputs.push(context.join(file));
         }
-        let base = self.podman(&["image", "inspect", "--format", "{{.Id}}", BASE])?;
-        check("inspecting the base image", &base)?;
-        let digest = digest(&inputs, &String::from_utf8_lossy(&base.stdout))?;
+        let digest = digest(&inputs, &self.inspect(BASE, "{{.Id}}")?)?;
         let reference = format!("localhost/{}:{}", image.name(), &digest[..16]);
         if self.exists(&reference) {
             return Ok(Built {
@@ -173,10 +160,20 @@ impl Images {
                 rebuilt: false,
             });
         }
+        // The workspace's build carries debug information the image has no use for.
+        let staged = context.join("target/release").join(image.name());
+        create_dirs(&[&context.join("target/release")])?;
+        let mut strip = Command::new("strip");
+        strip
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&staged)
+            .arg(binary);
+        crate::process::run("strip (binutils)", strip)?;
         announce(&format!("building {reference} from {}", image.dockerfile()));
         let started = std::time::Instant::now();
         let context_arg = context.display().to_string();
-        let out = self.podman(&[
+        self.podman(&[
             "build",
             "--pull=never",
             "--network",
@@ -194,7 +191,6 @@ impl Images {
             &reference,
             &context_arg,
         ])?;
-        check(&format!("building {reference}"), &out)?;
         announce(&format!(
             "built {reference} in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -226,27 +222,24 @@ impl Images {
                     .join("build/pause/linux/pause.c"),
             )?;
             let context = crate::scratch("image-pause")?;
-            let out = Command::new("gcc")
-                .args([
-                    "-Os",
-                    "-Wall",
-                    "-Werror",
-                    "-static",
-                    "-DVERSION=v3.10-testenv",
-                    "-o",
-                ])
-                .arg(context.join("pause"))
-                .arg(&source)
-                .output()
-                .map_err(|e| Error::io("running gcc".into(), e))?;
-            check("compiling pause.c", &out)?;
-            std::fs::write(
-                context.join("Containerfile"),
+            let mut gcc = Command::new("gcc");
+            gcc.args([
+                "-Os",
+                "-Wall",
+                "-Werror",
+                "-static",
+                "-DVERSION=v3.10-testenv",
+                "-o",
+            ])
+            .arg(context.join("pause"))
+            .arg(&source);
+            crate::process::run("gcc (pause.c)", gcc)?;
+            write_file(
+                &context.join("Containerfile"),
                 "FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT [\"/pause\"]\n",
-            )
-            .map_err(|e| Error::io("writing the pause Containerfile".into(), e))?;
+            )?;
             let context_arg = context.display().to_string();
-            let out = self.podman(&[
+            self.podman(&[
                 "build",
                 "--pull=never",
                 "--network",
@@ -255,7 +248,6 @@ impl Images {
                 crate::node::PAUSE_IMAGE,
                 &context_arg,
             ])?;
-            check("building the pause image", &out)?;
         }
         self.archive_locked(crate::node::PAUSE_IMAGE)
     }
@@ -269,15 +261,14 @@ impl Images {
 
     fn archive_locked(&self, reference: &str) -> Result<PathBuf, Error> {
         let dir = self.root.with_file_name("archives");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        create_dirs(&[&dir])?;
         let file = dir.join(format!("{}.tar", reference.replace(['/', ':'], "_")));
         if file.exists() {
             return Ok(file);
         }
         let partial = file.with_extension("partial");
         let _ = std::fs::remove_file(&partial);
-        let out = self.podman(&[
+        self.podman(&[
             "save",
             "--format",
             "oci-archive",
@@ -285,7 +276,6 @@ impl Images {
             &partial.display().to_string(),
             reference,
         ])?;
-        check(&format!("saving {reference}"), &out)?;
         std::fs::rename(&partial, &file)
             .map_err(|e| Error::io(format!("keeping {}", file.display()), e))?;
         Ok(file)
@@ -293,9 +283,10 @@ impl Images {
 
     /// `podman image inspect --format <format>` of `reference`.
     pub fn inspect(&self, reference: &str, format: &str) -> Result<String, Error> {
-        let out = self.podman(&["image", "inspect", "--format", format, reference])?;
-        check(&format!("inspecting {reference}"), &out)?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        Ok(self
+            .podman(&["image", "inspect", "--format", format, reference])?
+            .trim()
+            .to_string())
     }
 
     /// Runs `reference` once, as a restricted pod would: the image's own user, a read-only
@@ -332,31 +323,18 @@ impl Images {
         let out = c
             .output()
             .map_err(|e| Error::io(format!("running {reference}"), e));
-        remove_cgroups(CGROUP_PARENT);
+        crate::undo::remove_cgroup(CGROUP_PARENT);
         out
     }
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), Error> {
     if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        create_dirs(&[dir])?;
     }
     std::fs::copy(from, to)
         .map(|_| ())
         .map_err(|e| Error::io(format!("copying {} to {}", from.display(), to.display()), e))
-}
-
-fn check(what: &str, out: &Output) -> Result<(), Error> {
-    if out.status.success() {
-        return Ok(());
-    }
-    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-    Err(Error::Start {
-        component: "podman".into(),
-        reason: format!("{what} failed ({})", out.status),
-        log: format!("{}{}", text(&out.stdout), text(&out.stderr)),
-    })
 }
 
 /// The SHA-256 of the inputs' contents, in order, and of `base`, in hex.
@@ -376,29 +354,4 @@ fn digest(inputs: &[PathBuf], base: &str) -> Result<String, Error> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
-}
-
-/// Removes the cgroup `name` (and what is below it) from every v1 hierarchy and from the
-/// unified one, so that running a container leaves no cgroup behind.
-pub(crate) fn remove_cgroups(name: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for h in hierarchies.flatten() {
-        remove_cgroup_tree(&h.path().join(name));
-    }
-    remove_cgroup_tree(&Path::new("/sys/fs/cgroup").join(name));
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&e.path());
-        }
-    }
-    // A cgroup directory is removed with rmdir (its files are the kernel's).
-    let _ = std::fs::remove_dir(dir);
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::images::Images;
 use crate::kube::Kube;
 use crate::process::{self, Server};
-use crate::setup::{Error, announce, require_file, scratch_dir};
+use crate::setup::{Error, announce, create_dirs, require_file, scratch_dir, write_file};
 use crate::undo::{self, Undo};
 
 /// Kernel settings kubelet and kube-proxy change when they start.
@@ -39,6 +39,14 @@ const SYSCTLS: &[&str] = &[
     "kernel.keys.root_maxbytes",
     "net.ipv4.conf.all.route_localnet",
     "net.ipv4.ip_forward",
+];
+/// Folders the node's daemons write to whatever roots they are given (`/var/lib/cni`:
+/// containerd's CNI library keeps its result cache there, whatever the IPAM `dataDir` says).
+const OUTSIDE: &[&str] = &[
+    "/run/containerd",
+    "/run/netns",
+    "/var/lib/kubelet",
+    "/var/lib/cni",
 ];
 /// The pause image containerd starts every pod sandbox from.
 pub const PAUSE_IMAGE: &str = "localhost/pause:3.10-testenv";
@@ -116,16 +124,14 @@ fn save(undo: &Undo, record: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("writing {}", record.display()), e))
 }
 
-fn write(path: &Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
-}
-
-fn mkdirs(dirs: &[&Path]) -> Result<(), Error> {
-    for d in dirs {
-        std::fs::create_dir_all(d)
-            .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
-    }
-    Ok(())
+/// Starts one of the node's daemons with its output in `<name>.log` of the scratch folder.
+fn daemon(dir: &Path, name: &str, command: Command) -> Result<Server, Error> {
+    Server::spawn(
+        name,
+        command,
+        &dir.join(format!("{name}.log")),
+        libc::SIGTERM,
+    )
 }
 
 impl Cluster {
@@ -154,13 +160,7 @@ impl Cluster {
             .filter_map(|s| undo::sysctl(s).map(|v| (s.to_string(), v)))
             .collect();
         undo.netns_before = undo::netns_entries();
-        // /var/lib/cni: containerd's CNI library keeps its result cache there, whatever dataDir says.
-        for outside in [
-            "/run/containerd",
-            "/run/netns",
-            "/var/lib/kubelet",
-            "/var/lib/cni",
-        ] {
+        for outside in OUTSIDE {
             if !Path::new(outside).exists() {
                 undo.created.push(outside.into());
             }
@@ -249,10 +249,10 @@ fn start_containerd(
         dir.join("cni/net.d"),
         dir.join("cni/data"),
     );
-    mkdirs(&[&root, &state, &opt, &cni_conf, &cni_data])?;
+    create_dirs(&[&root, &state, &opt, &cni_conf, &cni_data])?;
     // No IP masquerade and no gateway role for the bridge plugin: it would turn on
     // ip_forward. Pods route through the host's bridge address, which forwards nothing.
-    write(
+    write_file(
         &cni_conf.join("10-audit-testenv.conflist"),
         &serde_json::json!({
             "cniVersion": "1.0.0",
@@ -269,7 +269,7 @@ fn start_containerd(
         .to_string(),
     )?;
     let config = dir.join("containerd.toml");
-    write(
+    write_file(
         &config,
         &format!(
             r#"version = 2
@@ -307,12 +307,7 @@ state = "{state}"
     )?;
     let mut cmd = Command::new(bin);
     cmd.arg("--config").arg(&config);
-    let server = Server::spawn(
-        "containerd",
-        cmd,
-        &dir.join("containerd.log"),
-        libc::SIGTERM,
-    )?;
+    let server = daemon(dir, "containerd", cmd)?;
     let socket = socket.to_path_buf();
     server.wait_until(Duration::from_secs(30), "serving its socket", || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
@@ -329,9 +324,9 @@ fn start_kubelet(
 ) -> Result<Server, Error> {
     let (port, healthz) = (process::free_port()?, process::free_port()?);
     let root = dir.join("kubelet");
-    mkdirs(&[&root, &dir.join("pod-logs"), &dir.join("volume-plugins")])?;
+    create_dirs(&[&root, &dir.join("pod-logs"), &dir.join("volume-plugins")])?;
     let config = dir.join("kubelet.yaml");
-    write(
+    write_file(
         &config,
         &format!(
             r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -380,7 +375,7 @@ evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.avail
         .arg(format!("--hostname-override={NODE_NAME}"))
         .arg(format!("--node-ip={}", bridge.host))
         .arg("--v=1");
-    let server = Server::spawn("kubelet", cmd, &dir.join("kubelet.log"), libc::SIGTERM)?;
+    let server = daemon(dir, "kubelet", cmd)?;
     server.wait_until(Duration::from_secs(60), "node Ready", || {
         let mut c = kube.kubectl();
         c.args([
@@ -398,7 +393,7 @@ evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.avail
 fn start_proxy(bin: &Path, kube: &Kube, dir: &Path, bridge: &Bridge) -> Result<Server, Error> {
     let (healthz, metrics) = (process::free_port()?, process::free_port()?);
     let config = dir.join("kube-proxy.yaml");
-    write(
+    write_file(
         &config,
         &format!(
             r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -422,12 +417,7 @@ iptables: {{localhostNodePorts: false, masqueradeAll: false}}
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--config={}", config.display()))
         .arg("--v=1");
-    let server = Server::spawn(
-        "kube-proxy",
-        cmd,
-        &dir.join("kube-proxy.log"),
-        libc::SIGTERM,
-    )?;
+    let server = daemon(dir, "kube-proxy", cmd)?;
     server.wait_until(Duration::from_secs(60), "healthy", || {
         process::accepts(healthz)
     })?;
@@ -476,15 +466,10 @@ impl MachineState {
             .iter()
             .map(|s| (s.to_string(), undo::sysctl(s).unwrap_or_default()))
             .collect();
-        let paths = [
-            "/run/containerd",
-            "/run/netns",
-            "/var/lib/kubelet",
-            "/var/lib/cni",
-        ]
-        .iter()
-        .map(|p| (p.to_string(), Path::new(p).exists()))
-        .collect();
+        let paths = OUTSIDE
+            .iter()
+            .map(|p| (p.to_string(), Path::new(p).exists()))
+            .collect();
         let firewall_chains = undo::firewall_chains();
         MachineState {
             mounts,

@@ -61,6 +61,20 @@ pub(crate) fn require_file(component: &str, path: PathBuf) -> Result<PathBuf, Er
     }
 }
 
+/// Writes `text` to `path`.
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Creates each folder with its parents.
+pub(crate) fn create_dirs(dirs: &[&Path]) -> Result<(), Error> {
+    for d in dirs {
+        std::fs::create_dir_all(d)
+            .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+    }
+    Ok(())
+}
+
 /// Writes a line to the real stderr, past libtest's output capture, so versions and addresses
 /// show in every test run's output.
 pub(crate) fn announce(line: &str) {
