@@ -33,8 +33,8 @@ test: testenv lint ## every test, against the real components
 	$(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS)
 
 demo: testenv ## the whole system on this machine (DEMO_EXIT=1: run every step, then exit)
-	$(CARGO) build --locked -p audit-manager -p audit-manager-operator -p audit-localnode -p audit-testenv \
-		--bin audit-manager --bin audit-manager-operator --bin audit-localnode --bin demo
+	$(CARGO) build --locked -p audit-manager -p audit-manager-operator -p audit-testenv \
+		--bin audit-manager --bin audit-manager-operator --bin demo
 	$${CARGO_TARGET_DIR:-target}/debug/demo
 
 manifests: ## regenerate manifests/crd.yaml from the Rust types (a test checks it is current)

@@ -263,9 +263,11 @@ fn volumes(am: &AuditManager, names: &Names) -> (Vec<Value>, Vec<Value>) {
     (volumes, mounts)
 }
 
-/// The pod's security context: non-root, and the runtime's group owns mounted Secrets.
+/// The pod's security context: non-root, the runtime's own group (without `runAsGroup` the
+/// process runs with group 0), and that group owns mounted Secrets.
 fn pod_security() -> Value {
-    json!({"runAsNonRoot": true, "runAsUser": RUNTIME_UID, "fsGroup": RUNTIME_UID,
+    json!({"runAsNonRoot": true, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID,
+           "fsGroup": RUNTIME_UID,
            "seccompProfile": {"type": "RuntimeDefault"}})
 }
 
@@ -900,6 +902,7 @@ mod tests {
         // Secret files are readable by the runtime's group only.
         let pod_security = pod_security();
         assert_eq!(pod_security["fsGroup"], RUNTIME_UID);
+        assert_eq!(pod_security["runAsGroup"], RUNTIME_UID);
         // Nothing is mounted that the spec does not reference.
         assert_eq!(volumes.len(), 6);
         assert_eq!(super::volumes(&am(json!({})), &Names::of("x")).0.len(), 1);

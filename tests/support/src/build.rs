@@ -9,7 +9,23 @@ use std::sync::OnceLock;
 /// of `cargo test --workspace`, hence its features: inside `make test` it compiles nothing
 /// again, where a per-package build (`-p audit-localnode`) resolves other features and
 /// compiles dependencies a second time.
+///
+/// From one of the workspace's own binaries (`demo`, whose make target builds what it runs),
+/// its sibling, unbuilt.
 pub fn workspace_binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .filter(|dir| !dir.ends_with("deps"))
+    {
+        let binary = dir.join(name);
+        assert!(
+            binary.exists(),
+            "{} is missing: build it with `cargo build --bin {name}`",
+            binary.display()
+        );
+        return binary;
+    }
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -1,6 +1,7 @@
 //! Apache Kafka: a single-node KRaft broker (combined broker and controller) run with
 //! `java -cp` from the jars Maven fetched.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -23,6 +24,8 @@ struct Ports {
     /// SSL with client certificates required.
     mtls: u16,
     controller: u16,
+    /// A PLAINTEXT listener on a node's bridge ([`Kafka::start_also_on`]), advertised there.
+    node: Option<(Ipv4Addr, u16)>,
 }
 
 /// A Kafka broker on 127.0.0.1. Dropping an instance from [`Kafka::start`] stops it.
@@ -39,17 +42,23 @@ pub struct Kafka {
 impl Kafka {
     /// Formats fresh storage and starts a broker on free ports.
     pub fn start() -> Result<Kafka, Error> {
-        Kafka::start_with(false)
+        Kafka::start_with(false, None)
+    }
+
+    /// As [`Kafka::start`], with one more PLAINTEXT listener on `address` (the host's address
+    /// on a node's bridge), advertised as that address so that pods reach the broker.
+    pub fn start_also_on(address: Ipv4Addr) -> Result<Kafka, Error> {
+        Kafka::start_with(false, Some(address))
     }
 
     /// A broker whose JVM compiles with C2, as in production (for `make bench`): without it,
     /// TLS in the broker runs AES-GCM in code the quick JIT leaves without its intrinsics, and a
     /// benchmark would measure that instead of the clients.
     pub fn start_like_production() -> Result<Kafka, Error> {
-        Kafka::start_with(true)
+        Kafka::start_with(true, None)
     }
 
-    fn start_with(full_jit: bool) -> Result<Kafka, Error> {
+    fn start_with(full_jit: bool, also_on: Option<Ipv4Addr>) -> Result<Kafka, Error> {
         let version = pinned("KAFKA_VERSION").to_string();
         let libs = match std::env::var_os("AUDIT_TESTENV_KAFKA_LIBS") {
             Some(dir) => PathBuf::from(dir),
@@ -64,6 +73,10 @@ impl Kafka {
             sasl_plaintext: process::free_port()?,
             mtls: process::free_port()?,
             controller: process::free_port()?,
+            node: match also_on {
+                Some(address) => Some((address, process::free_port()?)),
+                None => None,
+            },
         };
         let pki = crate::pki::pki();
         let keystore = dir.join("server.pem");
@@ -202,6 +215,13 @@ impl Kafka {
         format!("127.0.0.1:{}", self.ports.mtls)
     }
 
+    /// `ADDRESS:PORT` of the listener on a node's bridge ([`Kafka::start_also_on`]).
+    pub fn bootstrap_on_node(&self) -> Option<String> {
+        self.ports
+            .node
+            .map(|(address, port)| format!("{address}:{port}"))
+    }
+
     /// The Kafka release the broker runs.
     pub fn version(&self) -> &str {
         &self.version
@@ -236,7 +256,12 @@ fn properties(dir: &Path, ports: Ports, keystore: &Path, ca: &Path) -> String {
         sasl_plaintext,
         mtls,
         controller,
+        node,
     } = ports;
+    let (node_listener, node_protocol) = match node {
+        Some((address, port)) => (format!(",NODE://{address}:{port}"), ",NODE:PLAINTEXT"),
+        None => (String::new(), ""),
+    };
     let plain_users = format!(
         "org.apache.kafka.common.security.plain.PlainLoginModule required \
          username=\"{SASL_USER}\" password=\"{SASL_PASSWORD}\" \
@@ -254,11 +279,11 @@ fn properties(dir: &Path, ports: Ports, keystore: &Path, ca: &Path) -> String {
     format!(
         "process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl},SASL_PLAINTEXT://127.0.0.1:{sasl_plaintext},MTLS://127.0.0.1:{mtls},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl},SASL_PLAINTEXT://127.0.0.1:{sasl_plaintext},MTLS://127.0.0.1:{mtls}
+listeners=PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl},SASL_PLAINTEXT://127.0.0.1:{sasl_plaintext},MTLS://127.0.0.1:{mtls},CONTROLLER://127.0.0.1:{controller}{node_listener}
+advertised.listeners=PLAINTEXT://127.0.0.1:{plaintext},SASL_SSL://127.0.0.1:{sasl_ssl},SASL_PLAINTEXT://127.0.0.1:{sasl_plaintext},MTLS://127.0.0.1:{mtls}{node_listener}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,MTLS:SSL
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,MTLS:SSL{node_protocol}
 controller.quorum.bootstrap.servers=127.0.0.1:{controller}
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 {sasl}ssl.keystore.type=PEM

@@ -15,6 +15,7 @@ mod build;
 pub mod hostile;
 pub mod http;
 pub mod images;
+pub mod install;
 pub mod jwt;
 mod kafka;
 mod kube;

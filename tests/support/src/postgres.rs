@@ -2,6 +2,7 @@
 //! unprivileged `postgres` user when the tests run as root (initdb refuses root).
 
 use std::ffi::CString;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub const CERT_ROLE: &str = crate::pki::CLIENT_CN;
 /// A PostgreSQL server on 127.0.0.1. Dropping an instance from [`Postgres::start`] stops it.
 pub struct Postgres {
     port: u16,
+    /// A second address it listens on (a node's bridge), if any.
+    also_on: Option<Ipv4Addr>,
     version: String,
     bin: PathBuf,
     data: PathBuf,
@@ -42,6 +45,16 @@ impl Postgres {
     /// As [`Postgres::start`], serving `server` (a certificate of the test PKI's CA): a
     /// certificate for another name shows what a client does when the host name is wrong.
     pub fn start_with_cert(server: &crate::pki::Issued) -> Result<Postgres, Error> {
+        Postgres::create(server, None)
+    }
+
+    /// As [`Postgres::start`], listening also on `address` (the host's address on a node's
+    /// bridge, so that pods reach it), which admits password logins from its /24.
+    pub fn start_also_on(address: Ipv4Addr) -> Result<Postgres, Error> {
+        Postgres::create(&crate::pki::pki().server, Some(address))
+    }
+
+    fn create(server: &crate::pki::Issued, also_on: Option<Ipv4Addr>) -> Result<Postgres, Error> {
         let bin = find_bin_dir()?;
         let run_as = unprivileged_user()?;
         let dir = scratch_dir("postgres")?;
@@ -67,7 +80,7 @@ impl Postgres {
             .current_dir(&dir);
         as_user(&mut initdb, run_as);
         process::run(COMPONENT, initdb)?;
-        tls_files(&data, server, run_as)?;
+        tls_files(&data, server, run_as, also_on)?;
         let version = process::run(COMPONENT, {
             let mut c = Command::new(bin.join("postgres"));
             c.arg("--version");
@@ -78,6 +91,7 @@ impl Postgres {
 
         let pg = Postgres {
             port: process::free_port()?,
+            also_on,
             version,
             bin,
             data,
@@ -100,7 +114,11 @@ impl Postgres {
             .arg(&self.data)
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(match self.also_on {
+                Some(address) => format!("listen_addresses=127.0.0.1,{address}"),
+                None => "listen_addresses=127.0.0.1".to_string(),
+            })
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.display()))
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
@@ -140,6 +158,11 @@ impl Postgres {
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The address on a node's bridge it also listens on ([`Postgres::start_also_on`]).
+    pub fn also_on(&self) -> Option<Ipv4Addr> {
+        self.also_on
     }
 
     pub fn host(&self) -> &'static str {
@@ -187,6 +210,7 @@ fn tls_files(
     data: &Path,
     server: &crate::pki::Issued,
     run_as: Option<(u32, u32)>,
+    also_on: Option<Ipv4Addr>,
 ) -> Result<(), Error> {
     let pki = crate::pki::pki();
     for (from, to, mode) in [
@@ -209,6 +233,14 @@ fn tls_files(
          hostssl all {CERT_ROLE} 127.0.0.1/32 cert\n\
          host all {CERT_ROLE} 127.0.0.1/32 reject\n"
     );
+    // Pods on the node's bridge log in with passwords, as the operator and the runtime do.
+    let rest = match also_on {
+        Some(address) => {
+            let network = Ipv4Addr::from(u32::from(address) & 0xffff_ff00);
+            format!("{rest}host all all {network}/24 scram-sha-256\n")
+        }
+        None => rest,
+    };
     std::fs::write(&hba, rules + &rest).map_err(|e| Error::io("writing pg_hba.conf".into(), e))?;
     Ok(())
 }

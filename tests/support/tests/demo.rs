@@ -21,7 +21,7 @@ fn runtime_processes() -> usize {
 
 #[test]
 fn make_demo_runs_every_step_and_leaves_nothing_running() {
-    for needed in ["audit-manager", "audit-manager-operator", "audit-localnode"] {
+    for needed in ["audit-manager", "audit-manager-operator"] {
         audit_testenv::workspace_binary(needed);
     }
     let demo = audit_testenv::workspace_binary("demo");
@@ -38,6 +38,7 @@ fn make_demo_runs_every_step_and_leaves_nothing_running() {
     assert!(out.status.success(), "the demo failed:\n{text}");
     for line in [
         "ok: Ready",
+        "kubectl logs works",
         "every accepted event is a row",
         "ok: lag 0",
         "Ready=True",

@@ -1,15 +1,17 @@
-//! `make demo`: the whole system on one machine. PostgreSQL, Kafka, etcd, kube-apiserver and
-//! kube-controller-manager, the local node (runtime pods as processes) and the operator; the
-//! CRD and RBAC from `manifests/`, `examples/auditmanager-local.yaml`; the sample events and a
-//! burst; rows through the reader role; `kubectl get auditmanagers` with lag falling to 0.
+//! `make demo`: the whole system on one machine. A cluster with a real node (etcd,
+//! kube-apiserver, controllers, containerd, kubelet, kube-proxy), PostgreSQL and Kafka on its
+//! bridge; the project's images built and the operator installed in-cluster with `kubectl
+//! apply -k manifests/`; `examples/auditmanager-local.yaml` under Pod Security `restricted`;
+//! the runtime pods and their logs; the sample events and a burst POSTed through the Service;
+//! rows through the reader role; `kubectl get auditmanagers` with lag falling to 0.
 //! `DEMO_EXIT=1`: the same, non-interactively, exit 0 only if every step succeeded.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use audit_testenv::Process;
 use audit_testenv::http::HttpClient;
+use audit_testenv::{Kafka, Postgres};
 use serde_json::{Value, json};
 
 type Step<T> = Result<T, String>;
@@ -40,9 +42,7 @@ fn main() -> std::process::ExitCode {
             } else {
                 println!("==> DEMO_EXIT=1: every step succeeded; stopping");
             }
-            for p in running.iter().rev() {
-                p.stop();
-            }
+            drop(running);
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -59,22 +59,6 @@ fn step(what: &str) -> Instant {
 
 fn done(started: Instant, what: &str) {
     println!("    ok: {what} ({:.1} s)", started.elapsed().as_secs_f64());
-}
-
-fn sibling(name: &str) -> Step<PathBuf> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let path = exe
-        .parent()
-        .map(|d| d.join(name))
-        .ok_or("no executable directory")?;
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found: build it with `cargo build -p ...` (make demo does)",
-            path.display()
-        ))
-    }
 }
 
 fn repo() -> PathBuf {
@@ -141,82 +125,78 @@ fn kubectl_stdin(kube: &audit_testenv::Kube, args: &[&str], input: &str) -> Step
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn demo() -> Step<Vec<Process>> {
-    let mut running = Vec::new();
+/// What the demo runs, stopped in this order when dropped: the node's pods and the control
+/// plane first, then the servers they used.
+struct Running {
+    cluster: audit_testenv::Cluster,
+    _postgres: Postgres,
+    _kafka: Kafka,
+}
+
+async fn demo() -> Step<Running> {
     let t = step(
-        "starting PostgreSQL, Kafka, etcd, kube-apiserver and kube-controller-manager (first run builds them)",
+        "starting a cluster with a real node (etcd, kube-apiserver, controllers, containerd, kubelet, kube-proxy; the first run builds them)",
     );
-    let pg = std::thread::spawn(audit_testenv::postgres);
-    let kafka = std::thread::spawn(audit_testenv::kafka);
-    let kube = std::thread::spawn(audit_testenv::kube_with_controllers);
-    let (Ok(pg), Ok(kafka), Ok(kube)) = (pg.join(), kafka.join(), kube.join()) else {
-        return Err("a component failed to start (its reason is printed above)".into());
-    };
+    let cluster = audit_testenv::Cluster::start().map_err(|e| e.to_string())?;
+    let host = cluster.bridge.host;
     done(
         t,
         &format!(
-            "{}, Kafka {}, {}",
-            pg.version(),
-            kafka.version(),
-            kube.version()
+            "{}, node on bridge {} ({})",
+            cluster.kube.version(),
+            cluster.bridge.name,
+            cluster.bridge.subnet
         ),
     );
 
-    let t = step("starting the local node (runs audit-manager pods as processes) and the operator");
-    let work = audit_testenv::scratch("demo").map_err(|e| e.to_string())?;
-    let mut node = Command::new(sibling("audit-localnode")?);
-    node.args([
-        "--runtime-binary",
-        &sibling("audit-manager")?.display().to_string(),
-        "--work-dir",
-        &work.join("pods").display().to_string(),
-    ])
-    .env("KUBECONFIG", kube.kubeconfig())
-    .env("RUST_LOG", "info");
-    running.push(
-        Process::spawn("audit-localnode", node, &work.join("localnode.log"))
-            .map_err(|e| e.to_string())?,
+    let t = step("starting PostgreSQL and Kafka, also on the bridge so that pods reach them");
+    let pg = std::thread::spawn(move || Postgres::start_also_on(host));
+    let kafka = std::thread::spawn(move || Kafka::start_also_on(host));
+    let (Ok(pg), Ok(kafka)) = (pg.join(), kafka.join()) else {
+        return Err("a component failed to start".into());
+    };
+    let (pg, kafka) = (
+        pg.map_err(|e| e.to_string())?,
+        kafka.map_err(|e| e.to_string())?,
     );
-    let mut operator = Command::new(sibling("audit-manager-operator")?);
-    operator
-        .args(["run", "--listen", "127.0.0.1:0", "--no-leader-election"])
-        .env("KUBECONFIG", kube.kubeconfig());
-    running.push(
-        Process::spawn(
-            "audit-manager-operator",
-            operator,
-            &work.join("operator.log"),
-        )
-        .map_err(|e| e.to_string())?,
+    let bootstrap = kafka
+        .bootstrap_on_node()
+        .ok_or("Kafka has no listener on the bridge")?;
+    done(
+        t,
+        &format!("{}, Kafka {} on {bootstrap}", pg.version(), kafka.version()),
     );
-    done(t, &format!("logs in {}", work.display()));
+    let running = Running {
+        cluster,
+        _postgres: pg,
+        _kafka: kafka,
+    };
+    let (cluster, pg) = (&running.cluster, &running._postgres);
+    let kube = &cluster.kube;
 
-    let t = step("applying manifests/ (CRD, RBAC) and examples/auditmanager-local.yaml");
-    let manifests = repo().join("manifests");
-    for file in [
-        "namespace.yaml",
-        "crd.yaml",
-        "deletion-protection.yaml",
-        "rbac.yaml",
-    ] {
-        kubectl(
-            kube,
-            &["apply", "-f", &manifests.join(file).display().to_string()],
-        )?;
-    }
-    kubectl(
-        kube,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/auditmanagers.audit.openg2p.org",
-            "--timeout=60s",
-        ],
-    )?;
+    let t = step(
+        "building the project's images and installing the operator: kubectl apply -k manifests/ with the local image",
+    );
+    let installed = tokio::task::block_in_place(|| audit_testenv::install::operator(cluster))
+        .map_err(|e| e.to_string())?;
+    done(
+        t,
+        &format!(
+            "operator {}:{} running in-cluster; runtime image {}:{}",
+            installed.operator.repository,
+            installed.operator.tag,
+            installed.runtime.repository,
+            installed.runtime.tag
+        ),
+    );
+
+    let t = step(
+        "applying examples/auditmanager-local.yaml in a namespace under Pod Security `restricted`",
+    );
     kubectl_stdin(
         kube,
         &["apply", "-f", "-"],
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: audit-demo}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: audit-demo\n  labels: {pod-security.kubernetes.io/enforce: restricted}\n",
     )?;
     let (user, password) = pg.superuser();
     kubectl(
@@ -244,7 +224,7 @@ async fn demo() -> Step<Vec<Process>> {
         ),
         (
             "annotate",
-            format!("{}={}", audit_manager_crds::ALLOWED_HOSTS, pg.host()),
+            format!("{}={host}", audit_manager_crds::ALLOWED_HOSTS),
         ),
     ] {
         kubectl(
@@ -262,9 +242,11 @@ async fn demo() -> Step<Vec<Process>> {
     }
     let example = std::fs::read_to_string(repo().join("examples/auditmanager-local.yaml"))
         .map_err(|e| e.to_string())?
-        .replace("POSTGRES_HOST", pg.host())
+        .replace("POSTGRES_HOST", &host.to_string())
         .replace("POSTGRES_PORT", &pg.port().to_string())
-        .replace("KAFKA_BOOTSTRAP", &kafka.bootstrap());
+        .replace("KAFKA_BOOTSTRAP", &bootstrap)
+        .replace("RUNTIME_IMAGE", &installed.runtime.repository)
+        .replace("RUNTIME_TAG", &installed.runtime.tag);
     kubectl_stdin(kube, &["apply", "-f", "-"], &example)?;
     done(t, "AuditManager audit-demo/audit applied");
 
@@ -308,29 +290,51 @@ async fn demo() -> Step<Vec<Process>> {
     }
     done(t, "Ready");
 
-    let pods: Value = serde_json::from_str(&kubectl(
+    let t = step("the runtime pods: real containers of the project's image");
+    print!(
+        "{}",
+        kubectl(
+            kube,
+            &[
+                "-n",
+                "audit-demo",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/instance=audit",
+                "-o",
+                "wide"
+            ]
+        )?
+    );
+    let logs = kubectl(
+        kube,
+        &[
+            "-n",
+            "audit-demo",
+            "logs",
+            "deployment/audit-audit-manager",
+            "--tail=2",
+        ],
+    )?;
+    for line in logs.lines() {
+        println!("    {line}");
+    }
+    // Emitters reach the runtime through its Service's ClusterIP (kube-proxy's rules).
+    let cluster_ip = kubectl(
         kube,
         &[
             "-n",
             "audit-demo",
             "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/instance=audit",
+            "service",
+            "audit-audit-manager",
             "-o",
-            "json",
+            "jsonpath={.spec.clusterIP}",
         ],
-    )?)
-    .map_err(|e| e.to_string())?;
-    let ip = pods["items"]
-        .as_array()
-        .and_then(|items| {
-            items
-                .iter()
-                .find_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
-        })
-        .ok_or("no pod IP")?;
-    let endpoint = format!("{ip}:8000");
+    )?;
+    let endpoint = format!("{}:80", cluster_ip.trim());
+    done(t, &format!("kubectl logs works; Service at {endpoint}"));
 
     let t =
         step("POSTing the sample events of examples/events/ and a burst of 3,000 generated ones");
