@@ -135,9 +135,12 @@ impl Kafka {
         };
         kafka.start_server()?;
         announce(&format!(
-            "Apache Kafka {} (KRaft) on {}",
+            "Apache Kafka {} (KRaft) on {}{}",
             kafka.version,
-            kafka.bootstrap()
+            kafka.bootstrap(),
+            kafka
+                .bootstrap_on_node()
+                .map_or(String::new(), |b| format!(" and {b}"))
         ));
         Ok(kafka)
     }

@@ -99,7 +99,8 @@ impl Postgres {
             server: Mutex::new(None),
         };
         pg.start_server()?;
-        announce(&format!("{} on {}", pg.version, pg.address()));
+        let also = also_on.map_or(String::new(), |a| format!(" and {a}:{}", pg.port));
+        announce(&format!("{} on {}{also}", pg.version, pg.address()));
         Ok(pg)
     }
 
