@@ -227,6 +227,7 @@ async fn with_authentication(binary: &std::path::Path, env: &[(String, String)],
         ("off", off.address(), None),
         ("jwt", on.address(), Some(token.as_str())),
     ];
+    let processes = [&off, &on];
     println!(
         "authentication, off against jwt (RS256, one emitter token per connection), two fresh runtimes, phases alternating, {} rounds:",
         o.rounds
@@ -235,8 +236,9 @@ async fn with_authentication(binary: &std::path::Path, env: &[(String, String)],
         let name = format!("warm-up, {side} (not counted)");
         run_phase_as(&name, address, o.connections, o.warmup, None, None, *bearer).await;
     }
-    // [side][single, batch]: events accepted over all rounds.
+    // [side][single, batch]: events accepted over all rounds, and the runtime's CPU seconds.
     let mut accepted = [[0u64; 2]; 2];
+    let mut cpu = [[0f64; 2]; 2];
     for round in 1..=o.rounds {
         for (shape, (connections, batch)) in [(o.connections, None), (8, Some(o.batch))]
             .into_iter()
@@ -250,9 +252,11 @@ async fn with_authentication(binary: &std::path::Path, env: &[(String, String)],
                 // Each phase starts with empty queues: none pays for the backlog the phase
                 // before left with the broker.
                 settle(&[&sides[0].1, &sides[1].1]).await;
+                let before = processes[i].cpu_seconds().unwrap_or(0.0);
                 accepted[i][shape] +=
                     run_phase_as(&name, address, connections, o.seconds, None, batch, *bearer)
                         .await;
+                cpu[i][shape] += processes[i].cpu_seconds().unwrap_or(0.0) - before;
             }
         }
     }
@@ -261,6 +265,21 @@ async fn with_authentication(binary: &std::path::Path, env: &[(String, String)],
     let rate = |side: usize, shape: usize| {
         accepted[side][shape] as f64 / (o.rounds as u64 * o.seconds) as f64
     };
+    // The runtime's own CPU time per event: what authentication costs the runtime, apart
+    // from the broker and the generator it shares the cores with.
+    let micros =
+        |side: usize, shape: usize| 1e6 * cpu[side][shape] / accepted[side][shape].max(1) as f64;
+    let cpu_cost =
+        |shape: usize| 100.0 * (micros(1, shape) / micros(0, shape).max(f64::MIN_POSITIVE) - 1.0);
+    println!(
+        "authentication CPU cost (the runtime's CPU time per accepted event, jwt against off): single {:.1}% ({:.2} against {:.2} µs), batch {:.1}% ({:.2} against {:.2} µs)",
+        cpu_cost(0),
+        micros(1, 0),
+        micros(0, 0),
+        cpu_cost(1),
+        micros(1, 1),
+        micros(0, 1)
+    );
     println!(
         "authentication cost (events accepted, jwt against off, {} alternating rounds): single {:.1}% ({:.0} against {:.0} events/s), batch {:.1}% ({:.0} against {:.0} events/s) (target: under 10%)",
         o.rounds,
