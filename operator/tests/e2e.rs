@@ -1,8 +1,9 @@
-//! The whole system on one machine: kube-apiserver + kube-controller-manager, the local node
-//! running runtime pods as processes, the operator's controller loop, PostgreSQL and Kafka.
-//! With TLS everywhere (PostgreSQL verify-full with a CloudNativePG-style CA Secret, Kafka
-//! SASL_SSL with SCRAM-SHA-512 from Strimzi-style Secrets), events POSTed to a runtime pod
-//! become rows, the resource turns Ready with lag 0, and deleting it tears everything down.
+//! The whole system on one machine: a cluster with a real node (kubelet + containerd running
+//! the project's runtime image), the operator's controller loop, PostgreSQL and Kafka on the
+//! node's bridge. With TLS everywhere (PostgreSQL verify-full with a CloudNativePG-style CA
+//! Secret, Kafka SASL_SSL with SCRAM-SHA-512 from Strimzi-style Secrets, both verified
+//! against the bridge address), events POSTed to a runtime pod become rows, the resource
+//! turns Ready with lag 0, and deleting it tears everything down.
 
 mod common;
 
@@ -18,57 +19,30 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ListParams;
 use serde_json::json;
 
-/// The local node process, killed when dropped.
-struct LocalNode(std::process::Child);
-
-impl Drop for LocalNode {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_node_and_runtime_pods_store_posted_events() {
-    let kube = audit_testenv::kube_with_controllers();
-    let node_binary = audit_testenv::workspace_binary("audit-localnode");
-    let runtime = common::runtime_binary();
-    let work = tempfile::tempdir().expect("tempdir");
-    let node = LocalNode(
-        std::process::Command::new(node_binary)
-            .args([
-                "--runtime-binary",
-                &runtime.display().to_string(),
-                "--work-dir",
-                &work.path().display().to_string(),
-            ])
-            .env("KUBECONFIG", kube.kubeconfig())
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start the local node"),
-    );
-    let (pg, kafka) = (audit_testenv::postgres(), audit_testenv::kafka());
+    let cluster = audit_testenv::cluster();
+    let kube = &cluster.kube;
+    let servers = common::Servers::on_node();
+    let (pg, kafka) = (servers.pg, servers.kafka);
+    let host = cluster.bridge.host.to_string();
+    let images = audit_testenv::images::Images::open().expect("the image store");
+    let runtime =
+        audit_testenv::install::image(cluster, &images, audit_testenv::images::Image::Runtime)
+            .expect("the runtime image in containerd");
     let name = common::unique("audit");
-    let f = Fixture::new_named(
-        kube,
+    let f = Fixture::on_node(
         &name,
         json!({"autoscaling": {"enabled": false}, "replicas": 2, "lagThreshold": 0,
+        "image": {"repository": runtime.repository, "tag": runtime.tag},
         // Emitters prove who they are with ServiceAccount tokens of this cluster.
         "ingest": {"authentication": {"mode": "jwt",
             "issuers": [{"name": "cluster", "serviceAccountIssuer": true, "audiences": ["audit-manager"]}],
             "emitters": [{"principal": "system:serviceaccount:*:emitter", "issuer": "cluster", "sources": ["/e2e"]}]}},
-        "database": {"host": pg.host(), "port": pg.port(), "adminSecretRef": {"name": "pg-admin"},
+        "database": {"host": host, "port": pg.port(), "adminSecretRef": {"name": "pg-admin"},
                      "sslMode": "verify-full", "caRef": {"name": "pg-cluster-ca"}},
         "kafka": {
-            "bootstrapServers": kafka.bootstrap_sasl_ssl(),
+            "bootstrapServers": kafka.bootstrap_sasl_ssl_on_node(),
             "eventsTopic": {"name": format!("{name}.events"), "partitions": 3},
             "dlqTopic": {"name": format!("{name}.dlq"), "partitions": 1},
             "consumerGroup": format!("{name}-group"),
@@ -95,7 +69,7 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         &f.namespace,
         "audit-kafka-user",
         json!({"password": audit_testenv::SASL_PASSWORD, "sasl.jaas.config": "unused here"}),
-        common::TEST_HOSTS,
+        &servers.allowed_hosts,
     )
     .await;
     let ctx = Arc::new(Ctx::new(
@@ -180,7 +154,7 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         .expect("reader secret");
     let password =
         String::from_utf8_lossy(&reader.data.unwrap_or_default()["password"].0).into_owned();
-    let url = audit_testenv::postgres().url(
+    let url = pg.url(
         &format!("{}_reader", f.database()),
         &password,
         &f.database(),
@@ -254,7 +228,7 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         "{topics}"
     );
 
-    pod_deleted_while_events_are_posted(&f, &pods, &pool, work.path(), &bearer).await;
+    pod_deleted_while_events_are_posted(&f, &pods, &pool, &bearer).await;
 
     // Deleting the resource tears everything down over the same secured connections.
     pool.close().await;
@@ -279,10 +253,13 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         .expect("count");
     assert_eq!(left, 0, "the database was dropped");
     for topic in [format!("{name}.events"), format!("{name}.dlq")] {
-        assert_eq!(common::topic_partitions(&topic), 0, "{topic} was deleted");
+        assert_eq!(
+            common::partitions_on(&kafka.bootstrap(), &topic),
+            0,
+            "{topic} was deleted"
+        );
     }
     operator.abort();
-    drop(node);
 }
 
 /// Issue 16, finding 3: a runtime pod deleted while events are posted drains (it sees SIGTERM),
@@ -291,7 +268,6 @@ async fn pod_deleted_while_events_are_posted(
     f: &Fixture,
     pods: &kube::Api<Pod>,
     pool: &sqlx::PgPool,
-    work: &std::path::Path,
     bearer: &str,
 ) {
     let bearer = bearer.to_string();
@@ -309,17 +285,27 @@ async fn pod_deleted_while_events_are_posted(
         })
         .collect();
     assert_eq!(running.len(), 2, "{running:?}");
-    let addresses: Vec<String> = running.iter().map(|(_, ip)| format!("{ip}:8000")).collect();
+    // Through the Service's ClusterIP, as emitters post: kube-proxy sends each connection to
+    // a pod, and stops sending new ones to a pod once it is terminating.
+    let service = f
+        .api::<k8s_openapi::api::core::v1::Service>()
+        .get(&format!("{}-audit-manager", f.name))
+        .await
+        .expect("the runtime's Service");
+    let cluster_ip = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP");
+    let address = format!("{cluster_ip}:80");
 
-    // Like a Service: each event goes to one pod, and to the other when that one refuses or
-    // is gone. What counts is every event answered 202.
+    // An event is sent again, unchanged, when an attempt gets no answer or is refused. What
+    // counts is every event answered 202.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poster = tokio::spawn({
         let stop = Arc::clone(&stop);
         async move {
             let mut accepted: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();
-            let mut clients: Vec<Option<audit_testenv::http::HttpClient>> =
-                addresses.iter().map(|_| None).collect();
+            let mut client: Option<audit_testenv::http::HttpClient> = None;
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let id = format!("restart-{n}");
@@ -331,18 +317,16 @@ async fn pod_deleted_while_events_are_posted(
                 let event = json!({"specversion": "1.0", "id": id, "source": "/e2e-restart",
                     "type": "t", "time": sent.to_rfc3339(),
                     "data": {"actor": {"id": "u1"}, "action": "a", "outcome": "success"}});
-                for attempt in 0..addresses.len() {
-                    let which = (n as usize + attempt) % addresses.len();
-                    if clients[which].is_none() {
-                        clients[which] =
-                            audit_testenv::http::HttpClient::connect(&addresses[which])
-                                .await
-                                .ok();
+                for _attempt in 0..3 {
+                    if client.is_none() {
+                        client = audit_testenv::http::HttpClient::connect(&address)
+                            .await
+                            .ok();
                     }
-                    let Some(client) = clients[which].as_mut() else {
+                    let Some(connection) = client.as_mut() else {
                         continue;
                     };
-                    match client
+                    match connection
                         .send(
                             "POST",
                             "/v1/auditmanager/events",
@@ -359,7 +343,7 @@ async fn pod_deleted_while_events_are_posted(
                             break;
                         }
                         Ok(_) => {}
-                        Err(_) => clients[which] = None,
+                        Err(_) => client = None,
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -450,18 +434,21 @@ async fn pod_deleted_while_events_are_posted(
                 )
             })
             .collect();
-        let mut logs = String::new();
-        for entry in walk(work) {
-            if entry.ends_with("container.log") {
-                let text = std::fs::read_to_string(&entry).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                logs.push_str(&format!("== {}\n", entry.display()));
-                for l in tail.into_iter().rev() {
-                    logs.push_str(l);
-                    logs.push('\n');
-                }
-            }
-        }
+        let logs = audit_testenv::cluster()
+            .kube
+            .kubectl()
+            .args([
+                "logs",
+                "-n",
+                f.namespace.as_str(),
+                "-l",
+                selector.as_str(),
+                "--tail=40",
+                "--prefix",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         let lag = am.status.as_ref().and_then(|s| s.consumer_lag.clone());
         panic!(
             "202'd but never stored: {missing:?}\nconditions: {conditions:#?}\nlag: {lag:?}\npods: {pods:?}\n{logs}"
@@ -473,18 +460,4 @@ async fn pod_deleted_while_events_are_posted(
         "longest time to visible across the restart: {} ms",
         worst.num_milliseconds()
     );
-}
-
-/// Every file under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

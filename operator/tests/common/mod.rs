@@ -82,17 +82,29 @@ impl Fixture {
         with_admin_secret: bool,
         spec_extra: Value,
     ) -> Fixture {
-        Fixture::create(kube, with_admin_secret, &unique("audit"), spec_extra).await
+        let servers = Servers::local();
+        Fixture::create(
+            kube,
+            &servers,
+            with_admin_secret,
+            &unique("audit"),
+            spec_extra,
+        )
+        .await
     }
 
-    /// A resource named `name` (so the spec can name its topics after it), with the admin
-    /// Secret.
-    pub async fn new_named(kube: &audit_testenv::Kube, name: &str, spec_extra: Value) -> Fixture {
-        Fixture::create(kube, true, name, spec_extra).await
+    /// On the shared cluster with a real node, pointing at the servers its pods reach
+    /// ([`Servers::on_node`]): a resource named `name` (so the spec can name its topics after
+    /// it), with the admin Secret.
+    pub async fn on_node(name: &str, spec_extra: Value) -> Fixture {
+        let servers = Servers::on_node();
+        let kube = &audit_testenv::cluster().kube;
+        Fixture::create(kube, &servers, true, name, spec_extra).await
     }
 
     async fn create(
         kube: &audit_testenv::Kube,
+        servers: &Servers,
         with_admin_secret: bool,
         name: &str,
         spec_extra: Value,
@@ -108,16 +120,14 @@ impl Fixture {
             .await
             .expect("create namespace");
         if with_admin_secret {
-            create_admin_secret(&client, &namespace).await;
+            create_admin_secret_for(&client, &namespace, servers).await;
         }
-        let pg = audit_testenv::postgres();
-        let kafka = audit_testenv::kafka();
         let name = name.to_string();
         let mut spec = json!({
-            "database": {"host": pg.host(), "port": pg.port(), "sslMode": "disable",
+            "database": {"host": servers.host, "port": servers.pg.port(), "sslMode": "disable",
                          "adminSecretRef": {"name": "pg-admin"}},
             "kafka": {
-                "bootstrapServers": kafka.bootstrap(),
+                "bootstrapServers": servers.bootstrap,
                 "eventsTopic": {"name": format!("{name}.events"), "partitions": 3},
                 "dlqTopic": {"name": format!("{name}.dlq"), "partitions": 1},
                 "consumerGroup": format!("{name}-group"),
@@ -261,15 +271,62 @@ pub async fn create_credentials(
 
 /// The admin login of the test PostgreSQL, marked for the test hosts.
 pub async fn create_admin_secret(client: &Client, namespace: &str) {
-    let (user, password) = audit_testenv::postgres().superuser();
+    create_admin_secret_for(client, namespace, &Servers::local()).await;
+}
+
+/// The admin login of `servers`' PostgreSQL, marked for their hosts.
+pub async fn create_admin_secret_for(client: &Client, namespace: &str, servers: &Servers) {
+    let (user, password) = servers.pg.superuser();
     create_credentials(
         client,
         namespace,
         "pg-admin",
         json!({"username": user, "password": password}),
-        TEST_HOSTS,
+        &servers.allowed_hosts,
     )
     .await;
+}
+
+/// The PostgreSQL and Kafka a fixture's resource points at.
+pub struct Servers {
+    pub pg: &'static audit_testenv::Postgres,
+    pub kafka: &'static audit_testenv::Kafka,
+    /// PostgreSQL's address as the spec names it.
+    pub host: String,
+    /// Kafka's PLAINTEXT bootstrap as the spec names it.
+    pub bootstrap: String,
+    /// Where the fixture's credentials may be sent.
+    pub allowed_hosts: String,
+}
+
+impl Servers {
+    /// The shared servers on 127.0.0.1, for an operator and runtimes run as local processes.
+    pub fn local() -> Servers {
+        let (pg, kafka) = (audit_testenv::postgres(), audit_testenv::kafka());
+        Servers {
+            pg,
+            kafka,
+            host: pg.host().to_string(),
+            bootstrap: kafka.bootstrap(),
+            allowed_hosts: TEST_HOSTS.to_string(),
+        }
+    }
+
+    /// The shared servers that pods of the shared cluster's node reach, on its bridge.
+    pub fn on_node() -> Servers {
+        let (pg, kafka) = (
+            audit_testenv::postgres_on_node(),
+            audit_testenv::kafka_on_node(),
+        );
+        let host = audit_testenv::cluster().bridge.host.to_string();
+        Servers {
+            pg,
+            kafka,
+            bootstrap: kafka.bootstrap_on_node().unwrap_or_default(),
+            allowed_hosts: format!("{TEST_HOSTS}, {host}"),
+            host,
+        }
+    }
 }
 
 pub fn condition(am: &AuditManager, kind: &str) -> (String, String, String) {

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// A binary of this workspace (`audit-manager`, `audit-manager-operator`, `audit-localnode`,
-/// `demo`), built or confirmed fresh once per test process. The build asks for the target set
+/// A binary of this workspace (`audit-manager`, `audit-manager-operator`, `demo`), built or
+/// confirmed fresh once per test process. The build asks for the target set
 /// of `cargo test --workspace`, hence its features: inside `make test` it compiles nothing
-/// again, where a per-package build (`-p audit-localnode`) resolves other features and
+/// again, where a per-package build (`-p audit-testenv`) resolves other features and
 /// compiles dependencies a second time.
 ///
 /// From one of the workspace's own binaries (`demo`, whose make target builds what it runs),

@@ -15,6 +15,14 @@ const COMPONENT: &str = "Kafka";
 pub const SASL_USER: &str = "audit";
 pub const SASL_PASSWORD: &str = "audit-secret";
 
+/// The listeners on a node's bridge.
+#[derive(Clone, Copy, Debug)]
+struct NodePorts {
+    address: Ipv4Addr,
+    plaintext: u16,
+    sasl_ssl: u16,
+}
+
 /// The broker's listeners besides the controller's, one per security protocol.
 #[derive(Clone, Copy, Debug)]
 struct Ports {
@@ -24,8 +32,9 @@ struct Ports {
     /// SSL with client certificates required.
     mtls: u16,
     controller: u16,
-    /// A PLAINTEXT listener on a node's bridge ([`Kafka::start_also_on`]), advertised there.
-    node: Option<(Ipv4Addr, u16)>,
+    /// PLAINTEXT and SASL_SSL listeners on a node's bridge ([`Kafka::start_also_on`]),
+    /// advertised there.
+    node: Option<NodePorts>,
 }
 
 /// A Kafka broker on 127.0.0.1. Dropping an instance from [`Kafka::start`] stops it.
@@ -74,13 +83,23 @@ impl Kafka {
             mtls: process::free_port()?,
             controller: process::free_port()?,
             node: match also_on {
-                Some(address) => Some((address, process::free_port()?)),
+                Some(address) => Some(NodePorts {
+                    address,
+                    plaintext: process::free_port()?,
+                    sasl_ssl: process::free_port()?,
+                }),
                 None => None,
             },
         };
         let pki = crate::pki::pki();
+        // With a listener on a bridge, a certificate that names its address too.
+        let on_node = match also_on {
+            Some(address) => Some(crate::pki::server_also_for("kafka", address)?),
+            None => None,
+        };
+        let server = on_node.as_ref().unwrap_or(&pki.server);
         let keystore = dir.join("server.pem");
-        let pem = [&pki.server.key, &pki.server.cert]
+        let pem = [&server.key, &server.cert]
             .iter()
             .map(std::fs::read_to_string)
             .collect::<Result<Vec<_>, _>>()
@@ -222,7 +241,15 @@ impl Kafka {
     pub fn bootstrap_on_node(&self) -> Option<String> {
         self.ports
             .node
-            .map(|(address, port)| format!("{address}:{port}"))
+            .map(|n| format!("{}:{}", n.address, n.plaintext))
+    }
+
+    /// The SASL_SSL listener on a node's bridge (as [`Kafka::bootstrap_sasl_ssl`]; the
+    /// certificate names the bridge address).
+    pub fn bootstrap_sasl_ssl_on_node(&self) -> Option<String> {
+        self.ports
+            .node
+            .map(|n| format!("{}:{}", n.address, n.sasl_ssl))
     }
 
     /// The Kafka release the broker runs.
@@ -262,7 +289,14 @@ fn properties(dir: &Path, ports: Ports, keystore: &Path, ca: &Path) -> String {
         node,
     } = ports;
     let (node_listener, node_protocol) = match node {
-        Some((address, port)) => (format!(",NODE://{address}:{port}"), ",NODE:PLAINTEXT"),
+        Some(NodePorts {
+            address,
+            plaintext,
+            sasl_ssl,
+        }) => (
+            format!(",NODE://{address}:{plaintext},NODE_SASL_SSL://{address}:{sasl_ssl}"),
+            ",NODE:PLAINTEXT,NODE_SASL_SSL:SASL_SSL",
+        ),
         None => (String::new(), ""),
     };
     let plain_users = format!(
@@ -272,7 +306,7 @@ fn properties(dir: &Path, ports: Ports, keystore: &Path, ca: &Path) -> String {
     );
     let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
     let mut sasl = String::new();
-    for listener in ["sasl_ssl", "sasl_plaintext"] {
+    for listener in ["sasl_ssl", "sasl_plaintext", "node_sasl_ssl"] {
         sasl.push_str(&format!(
             "listener.name.{listener}.plain.sasl.jaas.config={plain_users}\n\
              listener.name.{listener}.scram-sha-256.sasl.jaas.config={scram}\n\

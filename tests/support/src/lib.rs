@@ -101,6 +101,20 @@ pub fn cluster() -> &'static Cluster {
     shared(&SHARED, Cluster::start)
 }
 
+/// The shared PostgreSQL of this test binary that pods of [`cluster`] reach: it listens also
+/// on the node's bridge, with a certificate for that address. Starts the cluster first.
+pub fn postgres_on_node() -> &'static Postgres {
+    static SHARED: OnceLock<Postgres> = OnceLock::new();
+    shared(&SHARED, || Postgres::start_also_on(cluster().bridge.host))
+}
+
+/// The shared Kafka broker of this test binary that pods of [`cluster`] reach (PLAINTEXT and
+/// SASL_SSL listeners on the node's bridge). Starts the cluster first.
+pub fn kafka_on_node() -> &'static Kafka {
+    static SHARED: OnceLock<Kafka> = OnceLock::new();
+    shared(&SHARED, || Kafka::start_also_on(cluster().bridge.host))
+}
+
 /// The shared Kubernetes API server of this test binary.
 pub fn kube() -> &'static Kube {
     static SHARED: OnceLock<Kube> = OnceLock::new();

@@ -147,6 +147,15 @@ fn make() -> Result<TestPki, Error> {
     })
 }
 
+/// A server certificate of the test CA for 127.0.0.1, localhost and `address` (a node's
+/// bridge, where pods reach the servers), named after `component`.
+pub fn server_also_for(component: &str, address: std::net::Ipv4Addr) -> Result<Issued, Error> {
+    pki().ca.server(
+        &format!("{component}-{address}"),
+        &format!("IP:127.0.0.1,DNS:localhost,IP:{address}"),
+    )
+}
+
 /// Reads a PEM file the PKI wrote.
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))

@@ -49,9 +49,11 @@ impl Postgres {
     }
 
     /// As [`Postgres::start`], listening also on `address` (the host's address on a node's
-    /// bridge, so that pods reach it), which admits password logins from its /24.
+    /// bridge, so that pods reach it), which admits password logins from its /24; its
+    /// certificate names that address too.
     pub fn start_also_on(address: Ipv4Addr) -> Result<Postgres, Error> {
-        Postgres::create(&crate::pki::pki().server, Some(address))
+        let server = crate::pki::server_also_for("postgres", address)?;
+        Postgres::create(&server, Some(address))
     }
 
     fn create(server: &crate::pki::Issued, also_on: Option<Ipv4Addr>) -> Result<Postgres, Error> {
