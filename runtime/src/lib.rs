@@ -19,7 +19,9 @@ pub fn build_info() -> serde_json::Value {
     serde_json::json!({
         "name": "audit-manager",
         "version": env!("CARGO_PKG_VERSION"),
-        "commit": option_env!("AUDIT_MANAGER_GIT_SHA").unwrap_or("unknown"),
+        // Set by build.rs: the git commit and the build time (SOURCE_DATE_EPOCH when set).
+        "commit": env!("AUDIT_MANAGER_COMMIT"),
+        "built": env!("AUDIT_MANAGER_BUILD_TIME"),
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
 }

@@ -319,6 +319,32 @@ async fn binary_mode_takes_attributes_from_headers() {
     assert_eq!(body["response"]["accepted"], json!("bin-1"));
 }
 
+/// `/version` names the commit this checkout is at and when the binary was built.
+#[tokio::test]
+async fn version_reports_the_commit_and_the_build_time() {
+    let request = Request::get("/v1/auditmanager/version")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = call(&app(&[]), request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git");
+    assert!(head.status.success(), "git rev-parse HEAD failed");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(body["response"]["commit"], json!(head), "{body}");
+    let built = body["response"]["built"].as_str().unwrap_or_default();
+    let built = chrono::DateTime::parse_from_rfc3339(built)
+        .unwrap_or_else(|e| panic!("built `{built}`: {e}"));
+    let age = chrono::Utc::now().signed_duration_since(built);
+    assert!(
+        age >= chrono::Duration::zero() && age < chrono::Duration::days(30),
+        "built {built}, {age} ago"
+    );
+}
+
 #[tokio::test]
 async fn the_operational_endpoints_answer() {
     let app = app(&[]);
