@@ -110,6 +110,22 @@ where
     }
 }
 
+/// Waits (at most three minutes) until the tenant's Deployment `name` has rolled out.
+async fn rolled_out(cluster: &Cluster, name: &str) {
+    kubectl(
+        cluster,
+        &[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "-n",
+            TENANT,
+            "--timeout=180s",
+        ],
+    )
+    .await;
+}
+
 async fn lease_holder(cluster: &Cluster) -> Option<String> {
     kubectl_result(
         cluster,
@@ -431,18 +447,7 @@ spec:
         took < Duration::from_secs(20),
         "{victim} took {took:?} to stop"
     );
-    kubectl(
-        &cluster,
-        &[
-            "rollout",
-            "status",
-            &format!("deployment/{deployment}"),
-            "-n",
-            TENANT,
-            "--timeout=120s",
-        ],
-    )
-    .await;
+    rolled_out(&cluster, &deployment).await;
     // A spec change that changes the pods: the operator updates the Deployment, which rolls.
     kubectl(
         &cluster,
@@ -482,18 +487,7 @@ spec:
         },
     )
     .await;
-    kubectl(
-        &cluster,
-        &[
-            "rollout",
-            "status",
-            &format!("deployment/{deployment}"),
-            "-n",
-            TENANT,
-            "--timeout=180s",
-        ],
-    )
-    .await;
+    rolled_out(&cluster, &deployment).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     let accepted = poster.await.expect("the poster");
