@@ -24,6 +24,10 @@ use serde_json::{Value, json};
 const TENANT: &str = "tenant";
 const NAME: &str = "audit";
 const EVENTS: &str = "/v1/auditmanager/events";
+/// The operator's pods, as `manifests/operator.yaml` labels them.
+const OPERATOR_PODS: &str = "app.kubernetes.io/name=audit-manager-operator";
+/// The runtime pods of the AuditManager `NAME`.
+const RUNTIME_PODS: &str = "app.kubernetes.io/instance=audit";
 
 /// Runs kubectl (`stdin` piped to it when given); its standard output, or the failure with
 /// what kubectl printed.
@@ -96,7 +100,7 @@ where
                     "-n",
                     SYSTEM,
                     "-l",
-                    "app.kubernetes.io/name=audit-manager-operator",
+                    OPERATOR_PODS,
                     "--tail=40",
                     "--prefix",
                 ],
@@ -145,16 +149,17 @@ async fn lease_holder(cluster: &Cluster) -> Option<String> {
     .filter(|h| !h.is_empty())
 }
 
-async fn operator_pods(cluster: &Cluster) -> Vec<String> {
+/// The names of the pods in `namespace` that `selector` picks.
+async fn pod_names(cluster: &Cluster, namespace: &str, selector: &str) -> Vec<String> {
     kubectl(
         cluster,
         &[
             "get",
             "pods",
             "-n",
-            SYSTEM,
+            namespace,
             "-l",
-            "app.kubernetes.io/name=audit-manager-operator",
+            selector,
             "-o",
             "jsonpath={.items[*].metadata.name}",
         ],
@@ -242,7 +247,7 @@ async fn installed_with_kubectl_apply_k_it_runs_tenants_on_a_real_node() {
     let installed = tokio::task::block_in_place(|| audit_testenv::install::operator(&cluster))
         .expect("installing the operator");
     let overlay = installed.overlay.display().to_string();
-    let replicas = operator_pods(&cluster).await;
+    let replicas = pod_names(&cluster, SYSTEM, OPERATOR_PODS).await;
     assert_eq!(replicas.len(), 2, "{replicas:?}");
     let leader = wait_for(&cluster, 60, "no replica took the lease", || {
         lease_holder(&cluster)
@@ -342,25 +347,13 @@ spec:
 
     // The runtime writes nothing: its root file system is read-only, and it has no volume to
     // write to (no emptyDir).
-    let pod = kubectl(
-        &cluster,
-        &[
-            "get",
-            "pods",
-            "-n",
-            TENANT,
-            "-l",
-            &format!("app.kubernetes.io/instance={NAME}"),
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ],
-    )
-    .await;
+    let runtime_pods = pod_names(&cluster, TENANT, RUNTIME_PODS).await;
+    let pod = runtime_pods.first().expect("a runtime pod");
     let written = kubectl(
         &cluster,
         &[
             "exec",
-            &pod,
+            pod,
             "-n",
             TENANT,
             "--",
@@ -416,26 +409,7 @@ spec:
     let stop = Arc::new(AtomicBool::new(false));
     let poster = tokio::spawn(post_until(service.clone(), Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let selector = format!("app.kubernetes.io/instance={NAME}");
-    let runtime_pods = kubectl(
-        &cluster,
-        &[
-            "get",
-            "pods",
-            "-n",
-            TENANT,
-            "-l",
-            &selector,
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ],
-    )
-    .await;
-    let victim = runtime_pods
-        .split_whitespace()
-        .next()
-        .expect("a runtime pod")
-        .to_string();
+    let victim = runtime_pods[0].clone();
     let started = Instant::now();
     kubectl(
         &cluster,
@@ -563,7 +537,9 @@ spec:
     })
     .await;
     assert!(
-        operator_pods(&cluster).await.contains(&successor),
+        pod_names(&cluster, SYSTEM, OPERATOR_PODS)
+            .await
+            .contains(&successor),
         "the lease is held by {successor}, which is no running replica"
     );
 

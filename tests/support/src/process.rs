@@ -277,14 +277,45 @@ pub(crate) fn run(component: &str, mut command: Command) -> Result<String, Error
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server about to start.
+///
+/// The port comes from below the kernel's ephemeral range (`ip_local_port_range`), never from
+/// it: a port the kernel handed out by `bind(0)` is the next one it hands to some outgoing
+/// connection too, and a broker that starts a second later finds it taken. Below the range only
+/// explicit binds compete, and this process hands each port out once.
 pub(crate) fn free_port() -> Result<u16, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("binding a free loopback port".into(), e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::io("reading a bound port".into(), e))
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ceiling = ephemeral_floor().saturating_sub(1).max(LOWEST_PORT + 1000);
+    let span = ceiling - LOWEST_PORT;
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    // Processes that pick ports at the same time (a test run beside `make demo`) start apart.
+    let mut port = next.unwrap_or(LOWEST_PORT + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        port = if port >= ceiling {
+            LOWEST_PORT
+        } else {
+            port + 1
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(port);
+            return Ok(port);
+        }
+    }
+    Err(Error::io(
+        format!("finding a free loopback port in {LOWEST_PORT}..={ceiling}"),
+        io::Error::from(io::ErrorKind::AddrInUse),
+    ))
+}
+
+/// The lowest port [`free_port`] hands out.
+const LOWEST_PORT: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// True when something accepts TCP connections on 127.0.0.1:`port`.
