@@ -157,9 +157,11 @@ fn default_resources() -> ResourceRequirements {
 pub struct ImageSpec {
     #[serde(default = "default_repository")]
     pub repository: String,
-    /// Defaults to the operator's own version.
-    #[serde(default = "default_tag")]
-    pub tag: String,
+    /// Unset: the operator's own version, at every reconcile, so upgrading the operator rolls
+    /// the runtime with it. (A default here would be written into each stored resource and
+    /// pin it to the version current on the day it was created.) Set it only to pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     #[serde(default = "default_pull_policy")]
     pub pull_policy: PullPolicy,
 }
@@ -168,7 +170,7 @@ impl Default for ImageSpec {
     fn default() -> Self {
         ImageSpec {
             repository: default_repository(),
-            tag: default_tag(),
+            tag: None,
             pull_policy: default_pull_policy(),
         }
     }
@@ -176,10 +178,6 @@ impl Default for ImageSpec {
 
 fn default_repository() -> String {
     "ghcr.io/openg2p/audit-manager".into()
-}
-
-fn default_tag() -> String {
-    env!("CARGO_PKG_VERSION").into()
 }
 
 fn default_pull_policy() -> PullPolicy {

@@ -194,7 +194,9 @@ pub fn config_map(
 }
 
 fn image(am: &AuditManager) -> String {
-    format!("{}:{}", am.spec.image.repository, am.spec.image.tag)
+    let image = &am.spec.image;
+    let tag = image.tag.as_deref().unwrap_or(env!("CARGO_PKG_VERSION"));
+    format!("{}:{tag}", image.repository)
 }
 
 /// Where the runtime finds its configuration file.
@@ -720,6 +722,26 @@ mod tests {
         let d = serde_json::to_value(deployment(&inputs(&fixed), &names).expect("deployment"))
             .expect("json");
         assert_eq!(d["spec"]["replicas"], json!(3));
+    }
+
+    #[test]
+    fn the_runtime_image_follows_the_operator_unless_pinned() {
+        let names = Names::of("prod-audit");
+        let image_of = |a: &AuditManager| {
+            serde_json::to_value(deployment(&inputs(a), &names).expect("deployment")).expect("json")
+                ["spec"]["template"]["spec"]["containers"][0]["image"]
+                .clone()
+        };
+        assert_eq!(
+            image_of(&am(json!({}))),
+            json!(format!(
+                "ghcr.io/openg2p/audit-manager:{}",
+                env!("CARGO_PKG_VERSION")
+            ))
+        );
+        let pinned =
+            am(json!({"image": {"repository": "registry.example.org/am", "tag": "0.0.9"}}));
+        assert_eq!(image_of(&pinned), json!("registry.example.org/am:0.0.9"));
     }
 
     #[test]

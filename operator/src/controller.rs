@@ -125,6 +125,7 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
             Ok(c) => observe::lag(am, c).await,
             Err(p) => Err(p.clone()),
         },
+        partitions: provisioned.partitions,
         missing_crds,
         endpoint: exposure::endpoint(am, &names),
         owned_topics: provisioned.owned_topics,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use audit_manager::db::adopt::{self, Found};
 use audit_manager::db::ownership::{self, Dropped};
+use audit_manager::db::partitions::Month;
 use audit_manager::db::{self, DbError, roles};
 use audit_manager_crds::AuditManager;
 use kube::ResourceExt;
@@ -92,6 +93,30 @@ async fn connect(
     .await
     .map_err(|_| unreachable(c, "timed out after 10 s"))?
     .map_err(|e| unreachable(c, e))
+}
+
+/// The monthly partitions of `audit_events`, read as the reader role (the catalog is all it
+/// needs): on every reconcile, because maintenance runs in a CronJob and can fail there.
+pub async fn partitions(
+    connections: &Connections,
+    reader: (String, String),
+    database: String,
+) -> Result<Vec<Month>, Problem> {
+    let c = connections.clone();
+    on_own_thread(move || async move {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options(&c, &database, &reader.0, &reader.1)?)
+            .await
+            .map_err(|e| Problem::new("PartitionsUnknown", unreachable(&c, e).message))?;
+        let months = db::partitions::existing(&pool)
+            .await
+            .map_err(|e| Problem::new("PartitionsUnknown", e.to_string()));
+        pool.close().await;
+        months
+    })
+    .await
 }
 
 /// What provisioning did, and what the admin connection was protected by.

@@ -1,6 +1,7 @@
 //! The external steps of a reconcile: the database with its roles, and the topics. Redone
 //! when the spec or a credential changed, or while either is not ready; otherwise skipped.
 
+use audit_manager::db::partitions::Month;
 use audit_manager::db::roles;
 use audit_manager_crds::{AuditManager, adopts};
 use kube::ResourceExt;
@@ -26,6 +27,8 @@ pub struct Provisioned {
     pub connections: Result<Connections, Problem>,
     /// The cluster's ServiceAccount issuer, read when the spec trusts it.
     pub cluster_issuer: Option<ClusterIssuer>,
+    /// The monthly partitions the database has (read once the database is ready).
+    pub partitions: Result<Vec<Month>, Problem>,
 }
 
 /// Runs the database step when something it depends on changed, and the topics step.
@@ -119,6 +122,17 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
             .unwrap_or_else(|p| p.into_inner())
             .insert(uid, (generation, fingerprint));
     }
+    let partitions = match (&database, &creds, &connections) {
+        (Ok(_), Ok(roles), Ok(c)) => {
+            database::partitions(c, roles.reader.clone(), database_name.clone())
+                .await
+                .map_err(|p| p.redacted(&secrets))
+        }
+        _ => Err(Problem::new(
+            "PartitionsUnknown",
+            "waiting for DatabaseReady to list the partitions of audit_events".into(),
+        )),
+    };
     let cluster_issuer = match exposure::wants_cluster_issuer(am) {
         true => Some(cluster_issuer(&ctx.client).await?),
         false => None,
@@ -130,6 +144,7 @@ pub async fn run(ctx: &Ctx, am: &AuditManager, names: &Names) -> Result<Provisio
         secret_hash,
         connections,
         cluster_issuer,
+        partitions,
     })
 }
 

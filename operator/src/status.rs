@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use audit_manager::db::partitions::{self, Month};
 use audit_manager_crds::{AuditManager, AuditManagerStatus, AuthenticationMode, ConsumerLag};
+use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// A failed step: a CamelCase reason and a message for humans.
@@ -64,6 +66,8 @@ pub struct Observed {
     pub health: Outcome,
     /// Consumer lag per partition of the events topic.
     pub lag: Result<BTreeMap<i32, i64>, Problem>,
+    /// The monthly partitions `audit_events` has, or why they could not be listed.
+    pub partitions: Result<Vec<Month>, Problem>,
     /// The CRDs of children that should exist but cannot (Istio's kinds, when Istio is not
     /// installed).
     pub missing_crds: Vec<String>,
@@ -95,6 +99,38 @@ pub fn lag_within_threshold(
                 am.spec.kafka.events_topic.partitions
             ),
         ))
+    }
+}
+
+/// Whether the current month and the `retention.preCreateMonths` after it have their
+/// partitions: an event of a month without one cannot be stored (it waits in Kafka).
+pub fn partitions_ready(
+    am: &AuditManager,
+    existing: &Result<Vec<Month>, Problem>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let existing = existing.as_ref().map_err(Clone::clone)?;
+    let ahead = u32::try_from(am.spec.retention.pre_create_months).unwrap_or(0);
+    let wanted = partitions::plan(now, 0, ahead).ensure;
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|m| !existing.contains(m))
+        .map(|m| m.table())
+        .collect();
+    match missing.is_empty() {
+        true => Ok(format!(
+            "partitions exist from {} through {}",
+            wanted.first().map(|m| m.table()).unwrap_or_default(),
+            wanted.last().map(|m| m.table()).unwrap_or_default()
+        )),
+        false => Err(Problem::new(
+            "PartitionsMissing",
+            format!(
+                "audit_events has no partition {}: events of those months cannot be stored and wait in Kafka; the maintenance CronJob creates them (check its last Jobs, or `kubectl create job --from=cronjob/{}-maintenance`)",
+                missing.join(", "),
+                am.metadata.name.as_deref().unwrap_or_default()
+            ),
+        )),
     }
 }
 
@@ -160,6 +196,10 @@ pub fn outcomes(am: &AuditManager, observed: &Observed) -> Vec<(&'static str, Ou
         (
             "LagWithinThreshold",
             lag_within_threshold(am, &observed.lag),
+        ),
+        (
+            "PartitionsReady",
+            partitions_ready(am, &observed.partitions, Utc::now()),
         ),
     ];
     let failing: Vec<String> = states
@@ -385,6 +425,7 @@ mod tests {
             }),
             health: Ok("2 ready pod(s) report healthy".into()),
             lag: Ok(BTreeMap::from([(0, 5), (1, 7)])),
+            partitions: Ok((0..=3).map(|i| Month::of(Utc::now()).plus(i)).collect()),
             missing_crds: Vec::new(),
             endpoint: "http://a-audit-manager.n.svc/v1/auditmanager/events".into(),
             owned_topics: vec!["t".into()],
@@ -413,6 +454,7 @@ mod tests {
                 "WorkloadAvailable",
                 "Healthy",
                 "LagWithinThreshold",
+                "PartitionsReady",
                 "Ready",
                 "EmittersAuthenticated"
             ]
@@ -466,7 +508,7 @@ mod tests {
     #[test]
     fn every_failing_step_carries_its_reason_and_ready_lists_them() {
         type Break = fn(&mut Observed, Problem);
-        let cases: [(&str, &'static str, Break); 13] = [
+        let cases: [(&str, &'static str, Break); 14] = [
             ("DatabaseReady", "AdminSecretMissing", |o, p| {
                 o.database = Err(p)
             }),
@@ -497,6 +539,9 @@ mod tests {
             ("Healthy", "Unhealthy", |o, p| o.health = Err(p)),
             ("LagWithinThreshold", "KafkaUnreachable", |o, p| {
                 o.lag = Err(p)
+            }),
+            ("PartitionsReady", "PartitionsUnknown", |o, p| {
+                o.partitions = Err(p)
             }),
         ];
         let a = am(json!({}));
@@ -621,6 +666,37 @@ mod tests {
             condition(&s, "Ready").map(|c| c.message.as_str()),
             Some("LagWithinThreshold: ConsumerLagging")
         );
+    }
+
+    #[test]
+    fn a_missing_partition_of_the_coming_months_is_partitions_missing() {
+        let now = DateTime::parse_from_rfc3339("2026-11-20T10:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let a = am(json!({"retention": {"preCreateMonths": 2}}));
+        let month = |year, month| Month { year, month };
+        let all = vec![
+            month(2026, 10),
+            month(2026, 11),
+            month(2026, 12),
+            month(2027, 1),
+        ];
+        assert_eq!(
+            partitions_ready(&a, &Ok(all.clone()), now),
+            Ok("partitions exist from audit_events_2026_11 through audit_events_2027_01".into())
+        );
+        let without_january = all[..3].to_vec();
+        let p = partitions_ready(&a, &Ok(without_january), now).expect_err("missing");
+        assert_eq!(p.reason, "PartitionsMissing");
+        assert!(
+            p.message.contains("no partition audit_events_2027_01:"),
+            "{}",
+            p.message
+        );
+        assert!(p.message.contains("cronjob/a-maintenance"), "{}", p.message);
+        // The past does not matter: October may have been dropped by retention.
+        let p = partitions_ready(&a, &Ok(all[1..].to_vec()), now);
+        assert!(p.is_ok(), "{p:?}");
     }
 
     #[test]

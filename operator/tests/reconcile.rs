@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use audit_manager::db::partitions::Month;
 use audit_manager_crds::AuditManager;
 use common::{Fixture, condition, create_admin_secret, owned_by, topic_partitions};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -188,6 +189,98 @@ async fn provisions_the_database_topics_and_children_and_keeps_them() {
         condition(&am, "WorkloadAvailable")
     );
     assert_eq!(am.status.as_ref().and_then(|s| s.ready_replicas), Some(2));
+
+    // Next month's partition gone (a failed maintenance run, a hand): said on the resource.
+    assert_eq!(
+        condition(&am, "PartitionsReady").0,
+        "True",
+        "{:?}",
+        condition(&am, "PartitionsReady")
+    );
+    let next = Month::of(chrono::Utc::now()).plus(1).table();
+    let tenant = sqlx::PgPool::connect(&pg.superuser_url(&f.database()))
+        .await
+        .expect("the tenant database");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {next}")))
+        .execute(&tenant)
+        .await
+        .expect("drop next month's partition");
+    let am = f.reconcile().await;
+    let (status, reason, message) = condition(&am, "PartitionsReady");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "PartitionsMissing")
+    );
+    assert!(message.contains(&next), "{message}");
+    assert!(
+        condition(&am, "Ready")
+            .2
+            .contains("PartitionsReady: PartitionsMissing"),
+        "{:?}",
+        condition(&am, "Ready")
+    );
+}
+
+/// `docs/password-rotation.md`: deleting a role's Secret rotates that role's password. The
+/// role gets the new one, the old one stops working, and the pods roll to pick it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_role_secret_rotates_its_password_and_rolls_the_pods() {
+    let f = Fixture::new(true, json!({})).await;
+    let am = f.reconcile().await;
+    assert_eq!(condition(&am, "DatabaseReady").0, "True");
+    let secrets = f.api::<Secret>();
+    let secret = format!("{}-db-writer", f.name);
+    let password = |s: &Secret| {
+        String::from_utf8_lossy(&s.data.clone().unwrap_or_default()["password"].0).into_owned()
+    };
+    let template_hash = |d: Deployment| {
+        d.spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get("audit.openg2p.org/secret-hash").cloned())
+    };
+    let old = password(&secrets.get(&secret).await.expect("writer Secret"));
+    let hash_before = template_hash(
+        f.api::<Deployment>()
+            .get(&f.app())
+            .await
+            .expect("deployment"),
+    );
+
+    secrets
+        .delete(&secret, &DeleteParams::default())
+        .await
+        .expect("delete the writer Secret");
+    let am = f.reconcile().await;
+    assert_eq!(
+        condition(&am, "DatabaseReady").0,
+        "True",
+        "{:?}",
+        condition(&am, "DatabaseReady")
+    );
+    let new = password(&secrets.get(&secret).await.expect("a new writer Secret"));
+    assert_ne!(new, old, "a new password is generated");
+    let pg = audit_testenv::postgres();
+    let writer = format!("{}_writer", f.database());
+    let login = |password: String| {
+        let url = pg.url(&writer, &password, &f.database());
+        async move { sqlx::PgPool::connect(&url).await.map(|_| ()) }
+    };
+    login(new).await.expect("the new password works");
+    let refused = login(old).await.expect_err("the old password is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("password authentication failed"),
+        "{refused}"
+    );
+    let hash_after = template_hash(
+        f.api::<Deployment>()
+            .get(&f.app())
+            .await
+            .expect("deployment"),
+    );
+    assert_ne!(hash_before, hash_after, "the pods roll to the new password");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
