@@ -37,8 +37,9 @@ demo: testenv ## the whole system on this machine (DEMO_EXIT=1: run every step, 
 		--bin audit-manager --bin audit-manager-operator --bin demo
 	$${CARGO_TARGET_DIR:-target}/debug/demo
 
-manifests: ## regenerate manifests/crd.yaml from the Rust types (a test checks it is current)
-	$(CARGO) run --locked -q -p audit-manager-crds --bin crdgen manifests/crd.yaml
+manifests: ## regenerate manifests/crd.yaml and the Helm chart's copies (a test checks they are current)
+	$(CARGO) run --locked -q -p audit-manager-crds --bin crdgen manifests/crd.yaml charts/audit-manager-operator/files/crd.yaml
+	cp manifests/deletion-protection.yaml charts/audit-manager-operator/files/deletion-protection.yaml
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -787,7 +787,15 @@ impl AuditManagerSpec {
 /// The CRD as YAML, exactly as `manifests/crd.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    let body = serde_yaml::to_string(&AuditManager::crd())?;
+    let mut crd = AuditManager::crd();
+    // `helm uninstall` keeps it: deleting the CRD deletes every AuditManager, and through
+    // their finalizers their databases. (kubectl ignores the annotation.)
+    crd.metadata.annotations = Some(
+        [("helm.sh/resource-policy".to_string(), "keep".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    let body = serde_yaml::to_string(&crd)?;
     Ok(format!(
         "# Generated from crds/src/lib.rs by `make manifests`; do not edit.\n{body}"
     ))

@@ -24,27 +24,36 @@ use crate::{apply, credentials, exposure, observe, provision, teardown};
 /// How often lag and health are refreshed when nothing changes.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
-/// Runs the controller until the process is stopped. It watches the resources; every kind of
-/// child that is built into Kubernetes (a CRD's kind may not exist) and the role Secrets, only
-/// those carrying the operator's label; and the Secrets marked as credentials, each mapped to
-/// the resources that name it. No other object is listed or cached.
-pub async fn run(ctx: Arc<Ctx>) {
+/// Runs the controller until the process is stopped. It watches the resources (in
+/// `namespace` only, or in every namespace); every kind of child that is built into Kubernetes
+/// (a CRD's kind may not exist) and the role Secrets, only those carrying the operator's label;
+/// and the Secrets marked as credentials, each mapped to the resources that name it. No other
+/// object is listed or cached.
+pub async fn run(ctx: Arc<Ctx>, namespace: Option<String>) {
     let client = ctx.client.clone();
+    let api = |resource: &kube::api::ApiResource| match &namespace {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, resource),
+        None => Api::<DynamicObject>::all_with(client.clone(), resource),
+    };
+    let typed = |ns: &Option<String>| match ns {
+        Some(ns) => (
+            Api::<AuditManager>::namespaced(client.clone(), ns),
+            Api::<Secret>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (resources_api, secrets) = typed(&namespace);
     let ours = watcher::Config::default().labels(&build::managed_selector());
-    let controller = Controller::new(
-        Api::<AuditManager>::all(client.clone()),
-        watcher::Config::default(),
-    );
+    let controller = Controller::new(resources_api, watcher::Config::default());
     let resources = controller.store();
-    let mut controller = controller.owns(Api::<Secret>::all(client.clone()), ours.clone());
+    let mut controller = controller.owns(secrets.clone(), ours.clone());
     for kind in Kind::ALL.into_iter().filter(|k| k.crd().is_none()) {
         let resource = kind.resource();
-        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        controller = controller.owns_with(api, resource, ours.clone());
+        controller = controller.owns_with(api(&resource), resource, ours.clone());
     }
     let marked = watcher::Config::default().labels(&credentials::credentials_selector());
     controller
-        .watches(Api::<Secret>::all(client.clone()), marked, move |secret| {
+        .watches(secrets, marked, move |secret| {
             let namespace = secret.namespace();
             let name = secret.name_any();
             resources

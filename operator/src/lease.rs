@@ -1,123 +1,104 @@
-//! Leader election with a coordination.k8s.io Lease: one replica reconciles, the others wait.
+//! Leader election through `kube-lease-manager`: one replica reconciles, the others wait on
+//! the Lease. The leader renews it by server-side apply before it expires, stops reconciling
+//! as soon as it is no longer the holder, and releases it when it shuts down.
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::Client;
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use kube::{Client, Config};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-const LEASE_SECONDS: i32 = 15;
-const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How long a Lease lasts without renewal: a dead leader's successor waits at most this long.
+const LEASE_SECONDS: u64 = 15;
+/// The leader renews this long before the Lease would expire.
+const GRACE_SECONDS: u64 = 5;
+/// Every call of the election gives up after this, so a hung API server turns into a failed
+/// renewal (and a step down) rather than a leader that believes it still leads.
+const CALL_TIMEOUT: Duration = Duration::from_secs(4);
 
-fn now() -> MicroTime {
-    MicroTime(k8s_openapi::jiff::Timestamp::now())
+/// Why leader election could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the Kubernetes client configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("building the Kubernetes client for the Lease: {0}")]
+    Client(#[from] kube::Error),
+    #[error("Lease {namespace}/{name}: {source}")]
+    Lease {
+        namespace: String,
+        name: String,
+        source: LeaseManagerError,
+    },
+    #[error("the leader election task ended before this replica led")]
+    Ended,
 }
 
-fn expired(lease: &Lease) -> bool {
-    let Some(spec) = lease.spec.as_ref() else {
-        return true;
-    };
-    let (Some(renewed), Some(seconds)) = (spec.renew_time.as_ref(), spec.lease_duration_seconds)
-    else {
-        return true;
-    };
-    let deadline = renewed.0 + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds));
-    deadline < k8s_openapi::jiff::Timestamp::now()
+/// This replica leads until [`Leadership::lost`] resolves.
+pub struct Leadership {
+    leading: watch::Receiver<bool>,
+    task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
 }
 
-/// Blocks until this process holds the lease, then keeps renewing it in the background; if a
-/// renewal fails the process exits, so two leaders never reconcile at once.
-pub async fn acquire(
-    client: Client,
-    namespace: &str,
-    name: &str,
-    identity: &str,
-) -> Result<(), kube::Error> {
-    let leases: Api<Lease> = Api::namespaced(client, namespace);
-    loop {
-        match try_take(&leases, name, identity).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "leader election: cannot read or take the lease"),
-        }
-        tokio::time::sleep(RENEW_EVERY).await;
+/// Waits until this replica holds the Lease `namespace/name` as `identity`.
+pub async fn acquire(namespace: &str, name: &str, identity: &str) -> Result<Leadership, Error> {
+    let mut config = Config::infer().await?;
+    config.connect_timeout = Some(CALL_TIMEOUT);
+    config.read_timeout = Some(CALL_TIMEOUT);
+    config.write_timeout = Some(CALL_TIMEOUT);
+    let client = Client::try_from(config)?;
+    let manager = LeaseManagerBuilder::new(client, name)
+        .with_namespace(namespace)
+        .with_identity(identity)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(GRACE_SECONDS)
+        .build()
+        .await
+        .map_err(|source| Error::Lease {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })?;
+    let (mut leading, task) = manager.watch().await;
+    tracing::info!(
+        lease = name,
+        identity,
+        "leader election: waiting for the lease"
+    );
+    while !*leading.borrow_and_update() {
+        leading.changed().await.map_err(|_| Error::Ended)?;
     }
     tracing::info!(
         lease = name,
         identity,
         "leader election: this replica leads"
     );
-    let (name, identity) = (name.to_string(), identity.to_string());
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(RENEW_EVERY).await;
-            match try_take(&leases, &name, &identity).await {
-                Ok(true) => {}
-                Ok(false) | Err(_) => {
-                    tracing::error!(
-                        "leader election: lost the lease; exiting so another replica takes over"
-                    );
-                    std::process::exit(1);
-                }
-            }
-        }
-    });
-    Ok(())
+    Ok(Leadership { leading, task })
 }
 
-/// Takes or renews the lease when free, expired or already ours.
-async fn try_take(leases: &Api<Lease>, name: &str, identity: &str) -> Result<bool, kube::Error> {
-    let current = leases.get_opt(name).await?;
-    let desired = |resource_version: Option<String>,
-                   acquired: Option<MicroTime>|
-     -> Result<Lease, kube::Error> {
-        serde_json::from_value(json!({
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": name, "resourceVersion": resource_version},
-            "spec": {
-                "holderIdentity": identity,
-                "leaseDurationSeconds": LEASE_SECONDS,
-                "acquireTime": acquired.unwrap_or_else(now),
-                "renewTime": now(),
+impl Leadership {
+    /// Resolves once this replica is no longer the holder (another took the Lease after a
+    /// renewal failed, or the election stopped).
+    pub async fn lost(&mut self) {
+        while *self.leading.borrow_and_update() {
+            if self.leading.changed().await.is_err() {
+                return;
             }
-        }))
-        .map_err(kube::Error::SerdeError)
-    };
-    match current {
-        None => match leases
-            .create(&PostParams::default(), &desired(None, None)?)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        },
-        Some(lease) => {
-            let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
-            let ours = holder.as_deref() == Some(identity);
-            if !ours && !expired(&lease) {
-                return Ok(false);
+        }
+    }
+
+    /// Gives the Lease up (on shutdown), so no replica acts on a leader that is gone.
+    pub async fn release(self) {
+        drop(self.leading);
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(_))) => tracing::info!("leader election: lease released"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "leader election: releasing the lease failed; it expires on its own")
             }
-            let acquired = if ours {
-                lease.spec.as_ref().and_then(|s| s.acquire_time.clone())
-            } else {
-                None
-            };
-            // replace() carries the resourceVersion: a concurrent writer makes this fail (409).
-            match leases
-                .replace(
-                    name,
-                    &PostParams::default(),
-                    &desired(lease.metadata.resource_version.clone(), acquired)?,
-                )
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "leader election: the election task failed"),
+            Err(_) => tracing::warn!(
+                "leader election: releasing the lease timed out; it expires on its own"
+            ),
         }
     }
 }

@@ -37,6 +37,9 @@ enum Command {
         /// Skip leader election (one replica only, e.g. local runs).
         #[arg(long)]
         no_leader_election: bool,
+        /// Reconcile only the AuditManagers of this namespace (empty: every namespace).
+        #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+        watch_namespace: String,
     },
     /// Print the CRD (the same YAML as manifests/crd.yaml).
     Crd,
@@ -60,9 +63,15 @@ fn main() -> std::process::ExitCode {
             namespace,
             identity,
             no_leader_election,
-        } => tokio::runtime::Runtime::new()
-            .context("starting the async runtime")
-            .and_then(|rt| rt.block_on(run(listen, namespace, identity, no_leader_election))),
+            watch_namespace,
+        } => {
+            let watch = Some(watch_namespace).filter(|ns| !ns.is_empty());
+            tokio::runtime::Runtime::new()
+                .context("starting the async runtime")
+                .and_then(|rt| {
+                    rt.block_on(run(listen, namespace, identity, no_leader_election, watch))
+                })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -78,6 +87,7 @@ async fn run(
     namespace: String,
     identity: String,
     no_leader_election: bool,
+    watch_namespace: Option<String>,
 ) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
@@ -102,21 +112,31 @@ async fn run(
             tracing::error!(error = %e, "metrics server failed");
         }
     });
-    if !no_leader_election {
-        lease::acquire(
-            client.clone(),
-            &namespace,
-            "audit-manager-operator",
-            &identity,
-        )
-        .await
-        .context("leader election")?;
-    }
+    let leadership = match no_leader_election {
+        true => None,
+        false => Some(
+            lease::acquire(&namespace, "audit-manager-operator", &identity)
+                .await
+                .context("leader election")?,
+        ),
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        namespace = watch_namespace.as_deref().unwrap_or("(all)"),
         "reconciling AuditManager resources"
     );
     let ctx = Ctx::new(client, metrics, identity).in_namespace(namespace);
-    controller::run(Arc::new(ctx)).await;
+    let controller = controller::run(Arc::new(ctx), watch_namespace);
+    let Some(mut leadership) = leadership else {
+        controller.await;
+        return Ok(());
+    };
+    tokio::select! {
+        // SIGTERM or SIGINT: the controller finished its reconciles in progress.
+        () = controller => leadership.release().await,
+        () = leadership.lost() => anyhow::bail!(
+            "this replica is no longer the leader (a renewal of the lease failed and another replica may hold it); exiting to wait on the lease again"
+        ),
+    }
     Ok(())
 }

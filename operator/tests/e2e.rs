@@ -77,7 +77,7 @@ async fn operator_node_and_runtime_pods_store_posted_events() {
         Arc::new(Metrics::default()),
         "e2e".into(),
     ));
-    let operator = tokio::spawn(controller::run(ctx));
+    let operator = tokio::spawn(controller::run(ctx, None));
 
     // Two runtime pods come up Ready on the local node.
     let pods = f.api::<Pod>();

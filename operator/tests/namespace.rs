@@ -37,7 +37,7 @@ async fn deleting_the_namespace_tears_everything_down() {
         Arc::new(Metrics::default()),
         "test".into(),
     ));
-    let operator = tokio::spawn(controller::run(ctx));
+    let operator = tokio::spawn(controller::run(ctx, None));
 
     let api = f.api::<audit_manager_crds::AuditManager>();
     let deadline = Instant::now() + Duration::from_secs(90);

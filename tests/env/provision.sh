@@ -5,7 +5,7 @@
 #     Maven Central
 #   - etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet and
 #     kube-proxy, built with `go build` from the Go module proxy
-#   - Istio's CRDs (istio.io/api from the Go module proxy)
+#   - Istio's CRDs (istio.io/api from the Go module proxy) and Helm (helm.sh/helm/v4, built)
 #   - podman and runc (Debian packages), and the base image debian:bookworm-slim made with
 #     debootstrap
 #   - containerd, the CNI plugins and iptables for a real node (Debian packages)
@@ -147,6 +147,18 @@ provision_istio() {
   mv "$out.partial" "$out"
 }
 
+# Helm, for the chart in charts/ (lint, template, install on the test cluster).
+provision_helm() {
+  local out="$cache/helm-$HELM_VERSION/bin/helm"
+  [ -x "$out" ] && return
+  require_pinned "$here/helm/go.mod" helm.sh/helm/v4 "$HELM_VERSION"
+  step "building helm $HELM_VERSION (go build, first run only)"
+  mkdir -p "$(dirname "$out")"
+  go_build "$here/helm" "$out.partial" "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+    helm.sh/helm/v4/cmd/helm
+  mv "$out.partial" "$out"
+}
+
 # ---- Container images -----------------------------------------------------------------------
 # podman builds the project's images (runtime/Dockerfile, operator/Dockerfile) and runc runs
 # their steps (crun refuses this kind of machine's hybrid cgroups). No registry is reachable,
@@ -204,7 +216,7 @@ provision_node() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio images node)
+[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio helm images node)
 for c in "${components[@]}"; do
   case "$c" in
     build) provision_build ;;
@@ -212,9 +224,10 @@ for c in "${components[@]}"; do
     kafka) provision_kafka ;;
     kube) provision_kube ;;
     istio) provision_istio ;;
+    helm) provision_helm ;;
     images) provision_images ;;
     node) provision_node ;;
-    *) die "unknown component '$c' (expected build, postgres, kafka, kube, istio, images or node)" ;;
+    *) die "unknown component '$c' (expected build, postgres, kafka, kube, istio, helm, images or node)" ;;
   esac
 done
 step "test environment provisioned in $cache"

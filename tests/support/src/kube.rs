@@ -310,6 +310,22 @@ impl Kube {
         cmd
     }
 
+    /// A `helm` command (the pinned build) pointed at this API server; its cache, config and
+    /// data stay in this server's scratch folder.
+    pub fn helm(&self) -> Command {
+        let helm = cache_dir().join(format!("helm-{}/bin/helm", pinned("HELM_VERSION")));
+        let mut cmd = Command::new(helm);
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        for (var, dir) in [
+            ("HELM_CACHE_HOME", "helm-cache"),
+            ("HELM_CONFIG_HOME", "helm-config"),
+            ("HELM_DATA_HOME", "helm-data"),
+        ] {
+            cmd.env(var, self.dir.join(dir));
+        }
+        cmd
+    }
+
     /// A ServiceAccount token from the TokenRequest API (`kubectl create token`), creating the
     /// namespace and the ServiceAccount when missing.
     pub fn service_account_token(
