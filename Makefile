@@ -40,6 +40,9 @@ demo: testenv ## the whole system on this machine (DEMO_EXIT=1: run every step, 
 manifests: ## regenerate manifests/crd.yaml and the Helm chart's copies (a test checks they are current)
 	$(CARGO) run --locked -q -p audit-manager-crds --bin crdgen manifests/crd.yaml charts/audit-manager-operator/files/crd.yaml
 	cp manifests/deletion-protection.yaml charts/audit-manager-operator/files/deletion-protection.yaml
+	mkdir -p charts/audit-manager-operator/files/monitoring
+	cp manifests/monitoring/prometheusrule.yaml manifests/monitoring/podmonitor-operator.yaml \
+		manifests/monitoring/audit-manager-dashboard.json charts/audit-manager-operator/files/monitoring/
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -38,7 +38,7 @@ pub async fn children(
         if let Some(crd) = child.kind.crd()
             && !crd_installed(&ctx.client, crd).await?
         {
-            if child.desired.is_some() {
+            if child.desired.is_some() && !child.kind.where_installed() {
                 missing.push(crd.to_string());
             }
             continue;

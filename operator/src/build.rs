@@ -454,11 +454,12 @@ pub enum Kind {
     VirtualService,
     RequestAuthentication,
     AuthorizationPolicy,
+    PodMonitor,
 }
 
 impl Kind {
     /// Every kind of child: the one list.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::ConfigMap,
         Kind::Deployment,
         Kind::Service,
@@ -469,6 +470,7 @@ impl Kind {
         Kind::VirtualService,
         Kind::RequestAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::PodMonitor,
     ];
 
     /// The API resource, for dynamic reads, applies, deletes and watches.
@@ -494,7 +496,21 @@ impl Kind {
                 "AuthorizationPolicy",
                 "authorizationpolicies",
             ),
+            Kind::PodMonitor => ApiResource {
+                group: "monitoring.coreos.com".into(),
+                version: "v1".into(),
+                api_version: "monitoring.coreos.com/v1".into(),
+                kind: "PodMonitor".into(),
+                plural: "podmonitors".into(),
+            },
         }
+    }
+
+    /// Whether the child is rendered only where its CRD happens to exist, its absence being no
+    /// problem (the Prometheus Operator's PodMonitor), unlike Istio's kinds that the spec asks
+    /// for.
+    pub fn where_installed(self) -> bool {
+        self == Kind::PodMonitor
     }
 
     /// The CRD that must be installed before this kind exists; None for built-in kinds.
@@ -503,6 +519,7 @@ impl Kind {
             Kind::VirtualService => Some("virtualservices.networking.istio.io"),
             Kind::RequestAuthentication => Some("requestauthentications.security.istio.io"),
             Kind::AuthorizationPolicy => Some("authorizationpolicies.security.istio.io"),
+            Kind::PodMonitor => Some("podmonitors.monitoring.coreos.com"),
             _ => None,
         }
     }
@@ -526,6 +543,19 @@ fn istio(group: &str, kind: &str, plural: &str) -> ApiResource {
         kind: kind.into(),
         plural: plural.into(),
     }
+}
+
+/// The Prometheus Operator's PodMonitor for the runtime pods' metrics port (the alerts and
+/// the dashboard of `manifests/monitoring/` read what it scrapes).
+fn pod_monitor(am: &AuditManager, names: &Names) -> Result<DynamicObject, Error> {
+    from(json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": metadata(am, &names.app),
+        "spec": {
+            "selector": {"matchLabels": selector(am)},
+            "podMetricsEndpoints": [{"port": "metrics", "path": paths::METRICS, "interval": "30s"}],
+        }
+    }))
 }
 
 /// One child: what it is, and what it should be (None: it should not exist).
@@ -593,6 +623,7 @@ pub fn children(
                     true => Some(exposure::authorization_policy(am, names, around)?),
                     false => None,
                 },
+                Kind::PodMonitor => Some(pod_monitor(am, names)?),
             };
             Ok(Child {
                 kind,

@@ -147,6 +147,16 @@ async fn reconcile_inner(am: &AuditManager, ctx: &Ctx) -> Result<Action, Error> 
     let previous = am.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let next = status::status(am, &previous, observed, &now);
+    let conditions: Vec<(&str, &str, bool)> = next
+        .conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.reason.as_str(), c.status == "True"))
+        .collect();
+    ctx.metrics.set_conditions(
+        &am.namespace().unwrap_or_default(),
+        &am.name_any(),
+        &conditions,
+    );
     // A status write triggers a reconcile (the resource's watch sees it): a lag that moves is
     // written at most once per REFRESH, or every write would start the next reconcile.
     if status::worth_writing(&previous, &next, &now, REFRESH) {

@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -8,7 +8,14 @@ pub struct Metrics {
     pub errors: IntCounter,
     pub applies: IntCounter,
     pub duration: Histogram,
+    /// 1 while a condition of an AuditManager is True, 0 while False: the alerts of
+    /// `manifests/monitoring/` read PartitionsReady and Ready from it.
+    pub conditions: IntGaugeVec,
+    /// The label values of each resource's condition series, to remove them.
+    condition_series: std::sync::Mutex<ConditionSeries>,
 }
+
+type ConditionSeries = std::collections::HashMap<(String, String), Vec<[String; 2]>>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -37,8 +44,21 @@ impl Default for Metrics {
         registry
             .register(Box::new(duration.clone()))
             .unwrap_or_else(|e| panic!("metric: {e}"));
+        let conditions = IntGaugeVec::new(
+            Opts::new(
+                "audit_operator_condition",
+                "1 while the condition of the AuditManager is True, 0 while False",
+            ),
+            &["namespace", "name", "type", "reason"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        registry
+            .register(Box::new(conditions.clone()))
+            .unwrap_or_else(|e| panic!("metric: {e}"));
         Metrics {
             registry,
+            conditions,
+            condition_series: Default::default(),
             reconciles,
             errors,
             applies,
@@ -48,6 +68,38 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The conditions of `namespace/name` as they are now (the series of earlier reasons go).
+    pub fn set_conditions(&self, namespace: &str, name: &str, conditions: &[(&str, &str, bool)]) {
+        self.forget(namespace, name);
+        let mut written = Vec::new();
+        for (kind, reason, ok) in conditions {
+            self.conditions
+                .with_label_values(&[namespace, name, kind, reason])
+                .set(i64::from(*ok));
+            written.push([kind.to_string(), reason.to_string()]);
+        }
+        self.condition_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((namespace.to_string(), name.to_string()), written);
+    }
+
+    /// Drops every condition series of `namespace/name` (it was deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        let old = self
+            .condition_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+            .unwrap_or_default();
+        for [kind, reason] in old {
+            let _ = self
+                .conditions
+                .remove_label_values(&[namespace, name, &kind, &reason]);
+        }
+    }
+
     pub fn render(&self) -> String {
         use prometheus::Encoder;
         let mut out = Vec::new();

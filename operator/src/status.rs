@@ -103,7 +103,7 @@ pub fn lag_within_threshold(
 }
 
 /// Whether the current month and the `retention.preCreateMonths` after it have their
-/// partitions: an event of a month without one cannot be stored (it waits in Kafka).
+/// partitions: an event of a month without one cannot be stored (it goes to the DLQ).
 pub fn partitions_ready(
     am: &AuditManager,
     existing: &Result<Vec<Month>, Problem>,
@@ -126,7 +126,7 @@ pub fn partitions_ready(
         false => Err(Problem::new(
             "PartitionsMissing",
             format!(
-                "audit_events has no partition {}: events of those months cannot be stored and wait in Kafka; the maintenance CronJob creates them (check its last Jobs, or `kubectl create job --from=cronjob/{}-maintenance`)",
+                "audit_events has no partition {}: events of those months cannot be stored and go to the DLQ (replay them once the partition exists); the maintenance CronJob creates them (check its last Jobs, or `kubectl create job --from=cronjob/{}-maintenance`)",
                 missing.join(", "),
                 am.metadata.name.as_deref().unwrap_or_default()
             ),

@@ -181,6 +181,8 @@ async fn run(am: &AuditManager, ctx: &Ctx) -> Result<Progress, kube::Error> {
             delete_owned(&secrets, secret, am).await?;
         }
     }
+    ctx.metrics
+        .forget(&am.namespace().unwrap_or_default(), &am.name_any());
     ctx.event(
         am,
         EventType::Normal,

@@ -1,6 +1,6 @@
 //! The Helm chart (`charts/audit-manager-operator`) with the pinned Helm build against the real
-//! kube-apiserver: it lints, every rendering is accepted by the API server (server-side dry
-//! run), its RBAC is the RBAC of `manifests/`, and it installs and uninstalls, keeping the CRD.
+//! kube-apiserver: it lints, every rendering (the monitoring bundle too, with the Prometheus
+//! Operator's CRDs) is accepted by the API server (server-side dry run), its RBAC is the RBAC of `manifests/`, and it installs and uninstalls, keeping the CRD.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -104,6 +104,9 @@ fn of_kind<'a>(objects: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a 
 #[test]
 fn the_chart_lints_and_every_rendering_is_accepted_by_the_api_server() {
     helm(&["lint", "--strict", CHART]);
+    audit_testenv::kube()
+        .install_prometheus_operator_crds()
+        .expect("the Prometheus Operator's CRDs, for monitoring.enabled");
     ensure_namespace("audit-manager-system");
     ensure_namespace("tenant");
     for values in [
@@ -130,6 +133,13 @@ fn the_chart_lints_and_every_rendering_is_accepted_by_the_api_server() {
         assert!(
             of_kind(&objects, "Deployment").count() == 1,
             "{values:?}: one Deployment"
+        );
+        let monitoring = values.contains(&"monitoring.enabled=true");
+        assert_eq!(
+            of_kind(&objects, "PrometheusRule").count() == 1
+                && of_kind(&objects, "PodMonitor").count() == 1,
+            monitoring,
+            "{values:?}: the monitoring bundle exactly when enabled"
         );
         kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
     }

@@ -27,6 +27,37 @@ pub struct Metrics {
     pub sink_failing: IntGauge,
     pub dlq_records: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
+    /// From accepted (the record's Kafka timestamp) to stored, per row.
+    pub end_to_end: Histogram,
+    /// Rows stored per `source` (the first [`MAX_SOURCES`] sources, then `(other)`), so an
+    /// alert can see a source that normally emits go silent.
+    pub source_rows: SourceRows,
+}
+
+/// How many distinct `source` labels [`SourceRows`] keeps: sources are the platform's
+/// services, a few dozen; without authentication anyone could invent millions.
+pub const MAX_SOURCES: usize = 500;
+
+/// Rows stored per source, with a bounded number of label values.
+pub struct SourceRows {
+    counter: IntCounterVec,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl SourceRows {
+    /// Counts `n` rows of `source`.
+    pub fn add(&self, source: &str, n: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let label = if seen.contains(source) {
+            source
+        } else if seen.len() < MAX_SOURCES {
+            seen.insert(source.to_string());
+            source
+        } else {
+            "(other)"
+        };
+        self.counter.with_label_values(&[label]).inc_by(n);
+    }
 }
 
 impl Metrics {
@@ -149,6 +180,22 @@ impl Metrics {
                 "reason",
             ),
             consumer_lag: lag,
+            end_to_end: histogram(
+                "audit_end_to_end_seconds",
+                "From accepted by the ingest (the record's Kafka timestamp) to stored, per row",
+                vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    900.0, 3600.0,
+                ],
+            ),
+            source_rows: SourceRows {
+                counter: counter_vec(
+                    "audit_sink_source_rows_total",
+                    "Rows stored, by source (at most 500 sources; the rest as (other))",
+                    "source",
+                ),
+                seen: Default::default(),
+            },
             registry,
         }
     }
@@ -164,5 +211,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_past_the_limit_are_counted_as_other() {
+        let m = Metrics::new();
+        for i in 0..MAX_SOURCES + 3 {
+            m.source_rows.add(&format!("/s/{i}"), 2);
+        }
+        m.source_rows.add("/s/0", 1);
+        let text = m.render();
+        assert!(
+            text.contains("audit_sink_source_rows_total{source=\"/s/0\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("audit_sink_source_rows_total{source=\"(other)\"} 6"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("audit_sink_source_rows_total{").count(),
+            MAX_SOURCES + 1
+        );
     }
 }

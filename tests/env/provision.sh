@@ -6,6 +6,7 @@
 #   - etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet and
 #     kube-proxy, built with `go build` from the Go module proxy
 #   - Istio's CRDs (istio.io/api from the Go module proxy) and Helm (helm.sh/helm/v4, built)
+#   - promtool (Debian package `prometheus`) and the Prometheus Operator's CRDs (Go module)
 #   - podman and runc (Debian packages), and the base image debian:bookworm-slim made with
 #     debootstrap
 #   - containerd, the CNI plugins and iptables for a real node (Debian packages)
@@ -127,24 +128,49 @@ provision_kube() {
   fi
 }
 
+# The folder of a Go module as the module proxy serves it, in the Go module cache (outside any
+# module, so no go.mod or go.sum of this checkout changes).
+module_dir() { # module_dir MODULE VERSION
+  command -v go >/dev/null || die "the Go toolchain is required to fetch $1 (not found on PATH)"
+  local tmp dir
+  tmp=$(mktemp -d)
+  dir=$(cd "$tmp" && GO111MODULE=on go mod download -json "$1@$2" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  rmdir "$tmp"
+  [ -n "$dir" ] || die "the Go module proxy did not serve $1@$2"
+  echo "$dir"
+}
+
 # Istio's CRDs as Istio publishes them (full schemas), so the API server validates what the
 # operator renders as a cluster with Istio would. From the Go module proxy, like the rest.
 provision_istio() {
   local out="$cache/istio-$ISTIO_API_VERSION/crds.yaml"
   [ -s "$out" ] && return
-  command -v go >/dev/null || die "the Go toolchain is required to fetch istio.io/api (not found on PATH)"
   step "fetching Istio's CRDs (istio.io/api $ISTIO_API_VERSION, first run only)"
-  local dir tmp
-  tmp=$(mktemp -d)
-  # Outside any module, so no go.mod or go.sum of this checkout changes.
-  dir=$(cd "$tmp" && GO111MODULE=on go mod download -json "istio.io/api@$ISTIO_API_VERSION" \
-        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  local dir
+  dir=$(module_dir istio.io/api "$ISTIO_API_VERSION")
   [ -f "$dir/kubernetes/customresourcedefinitions.gen.yaml" ] \
     || die "istio.io/api $ISTIO_API_VERSION holds no kubernetes/customresourcedefinitions.gen.yaml"
-  rmdir "$tmp"
   mkdir -p "$(dirname "$out")"
   install -m 644 "$dir/kubernetes/customresourcedefinitions.gen.yaml" "$out.partial"
   mv "$out.partial" "$out"
+}
+
+# The monitoring bundle's checks: promtool (Debian's `prometheus` package) for the alerting
+# rules, and the Prometheus Operator's PodMonitor and PrometheusRule CRDs (from its Go module)
+# for the API server to validate what the operator renders and manifests/monitoring/ holds.
+provision_monitoring() {
+  command -v promtool >/dev/null || apt_install prometheus
+  local out="$cache/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  [ -f "$out/.complete" ] && return
+  step "fetching the Prometheus Operator's CRDs ($PROMETHEUS_OPERATOR_VERSION, first run only)"
+  local dir kind
+  dir=$(module_dir github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION")
+  mkdir -p "$out"
+  for kind in podmonitors prometheusrules; do
+    install -m 644 "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$out/"
+  done
+  touch "$out/.complete"
 }
 
 # Helm, for the chart in charts/ (lint, template, install on the test cluster).
@@ -216,7 +242,7 @@ provision_node() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio helm images node)
+[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio helm monitoring images node)
 for c in "${components[@]}"; do
   case "$c" in
     build) provision_build ;;
@@ -225,9 +251,10 @@ for c in "${components[@]}"; do
     kube) provision_kube ;;
     istio) provision_istio ;;
     helm) provision_helm ;;
+    monitoring) provision_monitoring ;;
     images) provision_images ;;
     node) provision_node ;;
-    *) die "unknown component '$c' (expected build, postgres, kafka, kube, istio, helm, images or node)" ;;
+    *) die "unknown component '$c' (expected build, postgres, kafka, kube, istio, helm, monitoring, images or node)" ;;
   esac
 done
 step "test environment provisioned in $cache"

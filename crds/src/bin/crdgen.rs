@@ -47,11 +47,18 @@ mod tests {
 
     #[test]
     fn the_chart_carries_manifests_copies_and_the_crate_version() {
-        assert!(
-            read("charts/audit-manager-operator/files/deletion-protection.yaml")
-                == read("manifests/deletion-protection.yaml"),
-            "the chart's deletion-protection.yaml is stale: run `make manifests`"
-        );
+        for file in [
+            "deletion-protection.yaml",
+            "monitoring/prometheusrule.yaml",
+            "monitoring/podmonitor-operator.yaml",
+            "monitoring/audit-manager-dashboard.json",
+        ] {
+            assert!(
+                read(&format!("charts/audit-manager-operator/files/{file}"))
+                    == read(&format!("manifests/{file}")),
+                "the chart's copy of manifests/{file} is stale: run `make manifests`"
+            );
+        }
         let chart = read("charts/audit-manager-operator/Chart.yaml");
         let version = env!("CARGO_PKG_VERSION");
         for line in [

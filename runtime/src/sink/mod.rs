@@ -11,7 +11,7 @@ pub mod dlq;
 
 pub use decode::{Poison, Told, decode};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -329,6 +329,21 @@ impl Sink {
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.sink_batch_size.observe(rows.len() as f64);
             self.metrics.rows_written.inc_by(stored.inserted);
+            let stored_at = Utc::now().timestamp_millis();
+            let mut per_source: HashMap<&str, u64> = HashMap::new();
+            for (i, (row, m)) in rows.iter().zip(&messages).enumerate() {
+                if stored.rejected.iter().any(|(r, _)| *r == i) {
+                    continue;
+                }
+                *per_source.entry(row.source.as_str()).or_default() += 1;
+                if let Some(accepted) = m.timestamp().to_millis() {
+                    let seconds = (stored_at - accepted).max(0) as f64 / 1000.0;
+                    self.metrics.end_to_end.observe(seconds);
+                }
+            }
+            for (source, n) in per_source {
+                self.metrics.source_rows.add(source, n);
+            }
             self.metrics
                 .rows_duplicate
                 .inc_by((rows.len() - stored.rejected.len()) as u64 - stored.inserted);

@@ -365,27 +365,55 @@ impl Kube {
     /// Installs Istio's CRDs with their published schemas (provisioned from istio.io/api) and
     /// waits until they are served.
     pub fn install_istio_crds(&self) -> Result<(), Error> {
-        let crds = require_file(
-            "istio CRDs",
-            cache_dir()
-                .join(format!("istio-{}", pinned("ISTIO_API_VERSION")))
-                .join("crds.yaml"),
-        )?;
+        let dir = cache_dir().join(format!("istio-{}", pinned("ISTIO_API_VERSION")));
+        self.install_crds(
+            "Istio",
+            &[require_file("istio CRDs", dir.join("crds.yaml"))?],
+            &[
+                "virtualservices.networking.istio.io",
+                "authorizationpolicies.security.istio.io",
+                "requestauthentications.security.istio.io",
+            ],
+        )
+    }
+
+    /// Installs the Prometheus Operator's PodMonitor and PrometheusRule CRDs, as they are
+    /// published (full schemas).
+    pub fn install_prometheus_operator_crds(&self) -> Result<(), Error> {
+        let dir = cache_dir().join(format!(
+            "prometheus-operator-{}",
+            pinned("PROMETHEUS_OPERATOR_VERSION")
+        ));
+        let kinds = ["podmonitors", "prometheusrules"];
+        let files = kinds
+            .iter()
+            .map(|k| {
+                require_file(
+                    "the Prometheus Operator's CRDs",
+                    dir.join(format!("monitoring.coreos.com_{k}.yaml")),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let names = kinds.map(|k| format!("{k}.monitoring.coreos.com"));
+        self.install_crds(
+            "Prometheus Operator",
+            &files,
+            &names.each_ref().map(String::as_str),
+        )
+    }
+
+    /// `kubectl apply --server-side` of CRD files, then waits until `names` are Established.
+    fn install_crds(&self, what: &str, files: &[PathBuf], names: &[&str]) -> Result<(), Error> {
         let mut apply = self.kubectl();
-        apply
-            .args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(&crds);
-        process::run("kubectl apply (Istio CRDs)", apply)?;
+        apply.args(["apply", "--server-side", "--force-conflicts"]);
+        for file in files {
+            apply.arg("-f").arg(file);
+        }
+        process::run(&format!("kubectl apply ({what} CRDs)"), apply)?;
         let mut wait = self.kubectl();
-        wait.args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/virtualservices.networking.istio.io",
-            "crd/authorizationpolicies.security.istio.io",
-            "crd/requestauthentications.security.istio.io",
-        ]);
-        process::run("kubectl wait (Istio CRDs)", wait)?;
+        wait.args(["wait", "--for=condition=Established", "--timeout=60s"]);
+        wait.args(names.iter().map(|n| format!("crd/{n}")));
+        process::run(&format!("kubectl wait ({what} CRDs)"), wait)?;
         Ok(())
     }
 
