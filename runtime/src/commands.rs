@@ -1,4 +1,4 @@
-//! The one-shot subcommands: `migrate`, `maintain` and `dlq replay`.
+//! The one-shot subcommands: `migrate`, `maintain` and `dlq replay`, `count`, `list`.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::config::Config;
 use crate::db::{self, partitions, roles};
+use crate::sink::dlq::Filter;
 
 /// Role names and passwords for `migrate --create-roles`, from the environment:
 /// `AUDIT_MANAGER_{OWNER,WRITER,READER}_ROLE` (default `<database>_owner` etc.) and
@@ -140,21 +141,71 @@ pub async fn maintain(
     }
 }
 
-/// `audit-manager dlq replay`.
-pub async fn dlq_replay(config: &Config) -> anyhow::Result<()> {
+/// `audit-manager dlq replay`: every record not replayed before (tracked by a consumer group),
+/// or, with a filter, every record that matches (the group untouched).
+pub async fn dlq_replay(config: &Config, filter: &Filter, dry_run: bool) -> anyhow::Result<()> {
     let producer = crate::kafka::producer::build_producer(&config.kafka)
         .context("creating the Kafka producer")?;
-    let done = crate::sink::dlq::replay(config, &producer)
-        .await
-        .with_context(|| {
-            format!(
-                "replaying {} into {}",
-                config.kafka.dlq_topic, config.kafka.topic
-            )
-        })?;
+    let (from, to) = (&config.kafka.dlq_topic, &config.kafka.topic);
+    let records = match filter.is_empty() {
+        true => crate::sink::dlq::replay(config, &producer, dry_run)
+            .await
+            .map(|r| r.records),
+        false => crate::sink::dlq::replay_matching(config, &producer, filter, dry_run).await,
+    }
+    .with_context(|| format!("replaying {from} into {to}"))?;
+    match dry_run {
+        true => println!("would replay {records} record(s) from {from} to {to} (dry run)"),
+        false => println!("replayed {records} record(s) from {from} to {to}"),
+    }
+    Ok(())
+}
+
+/// `audit-manager dlq count`: the matching records, in all and by reason.
+pub async fn dlq_count(config: &Config, filter: &Filter) -> anyhow::Result<()> {
+    let mut by_kind = std::collections::BTreeMap::<&'static str, u64>::new();
+    let total = crate::sink::dlq::scan(config, filter, |d, _| {
+        *by_kind
+            .entry(crate::sink::dlq::kind(
+                d.reason.as_deref().unwrap_or_default(),
+            ))
+            .or_default() += 1;
+        async { Ok(()) }
+    })
+    .await
+    .with_context(|| format!("reading {}", config.kafka.dlq_topic))?;
+    let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!(
-        "replayed {} record(s) from {} to {}",
-        done.records, config.kafka.dlq_topic, config.kafka.topic
+        "{total} record(s) in {}{}",
+        config.kafka.dlq_topic,
+        match kinds.is_empty() {
+            true => String::new(),
+            false => format!(" (by reason: {})", kinds.join(", ")),
+        }
     );
+    Ok(())
+}
+
+/// `audit-manager dlq list`: the matching records as JSON lines (at most `limit`).
+pub async fn dlq_list(config: &Config, filter: &Filter, limit: u64) -> anyhow::Result<()> {
+    let mut shown = 0;
+    let total = crate::sink::dlq::scan(config, filter, |d, _| {
+        let line = (shown < limit).then(|| serde_json::to_string(&d));
+        shown += 1;
+        async move {
+            if let Some(Ok(line)) = line {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    })
+    .await
+    .with_context(|| format!("reading {}", config.kafka.dlq_topic))?;
+    if total > limit {
+        eprintln!(
+            "{} more record(s) match; raise --limit to see them",
+            total - limit
+        );
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use audit_manager::config::Config;
+use audit_manager::sink::dlq::Filter;
 
 /// mimalloc keeps size classes apart: the short-lived JSON trees of each request do not
 /// fragment the pages that hold queued events, so a queued event costs its bytes, not more.
@@ -49,8 +50,62 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DlqCommand {
-    /// Re-publish DLQ records not replayed before to the main topic.
-    Replay,
+    /// Re-publish DLQ records to the main topic: those not replayed before, or with a filter
+    /// every record that matches.
+    Replay {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only say how many records would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Count the DLQ's records (those the filter matches), by reason.
+    Count {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// List the DLQ's records as JSON lines: partition, offset, when, reason, id, source, type.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+}
+
+/// Which DLQ records a `dlq` command looks at.
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// Only events whose `source` starts with this.
+    #[arg(long)]
+    source: Option<String>,
+    /// Only events whose `type` starts with this.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only records sent to the DLQ since this time (RFC 3339) or this long ago (`90m`, `2d`).
+    #[arg(long, value_parser = parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<FilterArgs> for Filter {
+    fn from(a: FilterArgs) -> Filter {
+        Filter {
+            source: a.source,
+            event_type: a.event_type,
+            since: a.since,
+        }
+    }
+}
+
+/// A time (RFC 3339), or a duration back from now.
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_time(s).or_else(|_| {
+        let ago = audit_manager::config::parse_duration(s)
+            .map_err(|e| format!("`{s}` is neither an RFC 3339 time nor a duration: {e}"))?;
+        let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+        Ok(chrono::Utc::now() - ago)
+    })
 }
 
 /// A positive interval, in the configuration's duration syntax (`90s`, `15m`, `1h`, `2d`).
@@ -94,9 +149,17 @@ fn main() -> std::process::ExitCode {
             Command::Maintain { every, now } => {
                 audit_manager::commands::maintain(&config, every, now).await
             }
-            Command::Dlq {
-                command: DlqCommand::Replay,
-            } => audit_manager::commands::dlq_replay(&config).await,
+            Command::Dlq { command } => match command {
+                DlqCommand::Replay { filter, dry_run } => {
+                    audit_manager::commands::dlq_replay(&config, &filter.into(), dry_run).await
+                }
+                DlqCommand::Count { filter } => {
+                    audit_manager::commands::dlq_count(&config, &filter.into()).await
+                }
+                DlqCommand::List { filter, limit } => {
+                    audit_manager::commands::dlq_list(&config, &filter.into(), limit).await
+                }
+            },
         }
     });
     match result {

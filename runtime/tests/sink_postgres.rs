@@ -615,22 +615,52 @@ async fn poison_records_go_to_the_dlq_with_headers_and_neighbours_are_stored() {
     .execute(&admin)
     .await
     .expect("grant");
-    let replay = |times: &'static str| {
+    let dlq_command = |args: &[&str]| {
         let mut cmd = std::process::Command::new(common::BINARY);
-        cmd.args(["dlq", "replay"])
+        cmd.arg("dlq")
+            .args(args)
             .env_clear()
             .envs(s.env(&s.group))
             .env("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS", kafka.bootstrap())
             .env("AUDIT_MANAGER__KAFKA__TOPIC", &s.topic);
-        let out = cmd.output().expect("dlq replay");
+        let out = cmd.output().expect("audit-manager dlq");
         assert!(
             out.status.success(),
-            "{times}: {}",
+            "dlq {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(replay("first").contains("replayed 5 record(s)"));
+
+    // Looking before replaying: counts by reason, a filtered list, a dry run.
+    let counted = dlq_command(&["count"]);
+    assert!(
+        counted.starts_with(&format!("5 record(s) in {}", s.dlq))
+            && counted.contains("invalid_event 2")
+            && counted.contains("no_partition 1")
+            && counted.contains("not_json 2"),
+        "{counted}"
+    );
+    let listed = dlq_command(&["list", "--source", "/lo", "--type", "org.openg2p.test"]);
+    let ids: Vec<String> = listed
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line");
+            assert_eq!(v["source"], "/load", "{l}");
+            assert!(
+                v["reason"].is_string() && v["dead_lettered"].is_string(),
+                "{l}"
+            );
+            v["id"].as_str().expect("id").to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["ancient-98", "orphan-99"], "{listed}");
+    assert!(dlq_command(&["count", "--type", "nothing.like.it"]).starts_with("0 record(s)"));
+    assert!(
+        dlq_command(&["replay", "--dry-run"]).contains("would replay 5 record(s)"),
+        "a dry run sends nothing and moves no offset"
+    );
+    assert!(dlq_command(&["replay"]).contains("replayed 5 record(s)"));
     assert_eq!(
         wait_count(
             &reader,
@@ -642,9 +672,48 @@ async fn poison_records_go_to_the_dlq_with_headers_and_neighbours_are_stored() {
         5,
         "the orphan is stored after the fix"
     );
+    // The 4 records that came back are in the DLQ before the second replay.
+    assert_eq!(
+        read_topic(&kafka.bootstrap(), &s.dlq, 9, Duration::from_secs(30)).len(),
+        9
+    );
+    let before_second = chrono::Utc::now().to_rfc3339();
     assert!(
-        replay("second").contains("replayed 4 record(s)"),
+        dlq_command(&["replay"]).contains("replayed 4 record(s)"),
         "only the 4 that came back after the first replay"
+    );
+    assert_eq!(
+        read_topic(&kafka.bootstrap(), &s.dlq, 13, Duration::from_secs(30)).len(),
+        13
+    );
+
+    // A filtered replay reads the whole DLQ and sends only what matches: the /load records
+    // sent to the DLQ since the second replay (the ancient event, once more).
+    assert!(dlq_command(&["count", "--source", "/load"]).starts_with("4 record(s)"));
+    let since = ["replay", "--source", "/load", "--since", &before_second];
+    assert!(
+        dlq_command(&[since.as_slice(), &["--dry-run"]].concat())
+            .contains("would replay 1 record(s)")
+    );
+    assert!(dlq_command(&since).contains("replayed 1 record(s)"));
+    assert_eq!(
+        read_topic(&kafka.bootstrap(), &s.dlq, 14, Duration::from_secs(30)).len(),
+        14,
+        "the ancient event is refused again"
+    );
+    // The replay group was not moved by it: an unfiltered replay still has the 4 of the
+    // second round plus the one the filtered replay brought back.
+    assert!(dlq_command(&["replay", "--dry-run"]).contains("would replay 5 record(s)"));
+    assert_eq!(
+        wait_count(
+            &reader,
+            "SELECT count(*) FROM audit_events",
+            5,
+            Duration::from_secs(5)
+        )
+        .await,
+        5,
+        "rows stay single"
     );
     drop(runtime);
 }

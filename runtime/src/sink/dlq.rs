@@ -155,7 +155,12 @@ pub struct Replayed {
 /// Re-publishes every DLQ record not yet replayed (tracked by the consumer group
 /// `<consumer_group>-dlq-replay`) to the main topic with its original key, then commits.
 /// Replaying twice sends nothing new; rows stay single either way (ON CONFLICT DO NOTHING).
-pub async fn replay(config: &Config, producer: &FutureProducer) -> Result<Replayed, KafkaError> {
+/// With `dry_run`, only counts them.
+pub async fn replay(
+    config: &Config,
+    producer: &FutureProducer,
+    dry_run: bool,
+) -> Result<Replayed, KafkaError> {
     let consumer: StreamConsumer =
         crate::kafka::client_config(&config.kafka.bootstrap_servers, &config.kafka.security)
             .set(
@@ -197,6 +202,19 @@ pub async fn replay(config: &Config, producer: &FutureProducer) -> Result<Replay
     }
     drop(committed);
     let mut done = Replayed::default();
+    if dry_run {
+        done.records = pending
+            .iter()
+            .map(|(p, end)| {
+                let start = match assignment.find_partition(topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                u64::try_from(end - start).unwrap_or(0)
+            })
+            .sum();
+        return Ok(done);
+    }
     if pending.is_empty() {
         return Ok(done);
     }
@@ -205,31 +223,7 @@ pub async fn replay(config: &Config, producer: &FutureProducer) -> Result<Replay
     while !pending.is_empty() {
         let m = consumer.recv().await?;
         let (partition, offset) = (m.partition(), m.offset());
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&config.kafka.topic);
-        if let Some(k) = m.key() {
-            record = record.key(k);
-        }
-        if let Some(p) = m.payload() {
-            record = record.payload(p);
-        }
-        if let Some(h) = m.headers() {
-            let mut headers = OwnedHeaders::new();
-            for h in h.iter() {
-                let key = match h.key {
-                    normalize::HEADER | headers::PRINCIPAL => h.key.to_string(),
-                    other => format!("replayed-{other}"),
-                };
-                headers = headers.insert(Header {
-                    key: &key,
-                    value: h.value,
-                });
-            }
-            record = record.headers(headers);
-        }
-        producer
-            .send(record, rdkafka::util::Timeout::Never)
-            .await
-            .map_err(|(e, _)| e)?;
+        republish(producer, &config.kafka.topic, &m).await?;
         done.records += 1;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
@@ -243,6 +237,184 @@ pub async fn replay(config: &Config, producer: &FutureProducer) -> Result<Replay
         }
     }
     Ok(done)
+}
+
+/// Sends a DLQ record back to `topic` with its key and payload; what the ingest normalized and
+/// who sent it stay as they were, the DLQ's own headers are kept as `replayed-<name>`.
+async fn republish<M: Message>(
+    producer: &FutureProducer,
+    topic: &str,
+    m: &M,
+) -> Result<(), KafkaError> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+    if let Some(k) = m.key() {
+        record = record.key(k);
+    }
+    if let Some(p) = m.payload() {
+        record = record.payload(p);
+    }
+    if let Some(h) = m.headers() {
+        let mut headers = OwnedHeaders::new();
+        for h in h.iter() {
+            let key = match h.key {
+                normalize::HEADER | headers::PRINCIPAL => h.key.to_string(),
+                other => format!("replayed-{other}"),
+            };
+            headers = headers.insert(Header {
+                key: &key,
+                value: h.value,
+            });
+        }
+        record = record.headers(headers);
+    }
+    producer
+        .send(record, rdkafka::util::Timeout::Never)
+        .await
+        .map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+/// Which DLQ records a command looks at (every one when empty).
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// The event's `source` starts with this.
+    pub source: Option<String>,
+    /// The event's `type` starts with this.
+    pub event_type: Option<String>,
+    /// Sent to the DLQ at or after this time (the DLQ record's timestamp).
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.source.is_none() && self.event_type.is_none() && self.since.is_none()
+    }
+
+    fn matches(&self, record: &Described) -> bool {
+        let prefix = |want: &Option<String>, have: &Option<String>| match (want, have) {
+            (None, _) => true,
+            (Some(w), Some(h)) => h.starts_with(w.as_str()),
+            (Some(_), None) => false,
+        };
+        prefix(&self.source, &record.source)
+            && prefix(&self.event_type, &record.event_type)
+            && self
+                .since
+                .is_none_or(|since| record.dead_lettered.is_some_and(|t| t >= since))
+    }
+}
+
+/// One DLQ record as `dlq list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Described {
+    pub partition: i32,
+    pub offset: i64,
+    /// When it was sent to the DLQ (the record's timestamp).
+    pub dead_lettered: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    /// From the payload, when it is JSON that has them.
+    pub id: Option<String>,
+    pub source: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Who sent it (`auth.mode: jwt`).
+    pub principal: Option<String>,
+}
+
+fn describe<M: Message>(m: &M) -> Described {
+    let payload: Option<serde_json::Value> =
+        m.payload().and_then(|p| serde_json::from_slice(p).ok());
+    let field = |name: &str| {
+        payload
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    Described {
+        partition: m.partition(),
+        offset: m.offset(),
+        dead_lettered: m
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::<Utc>::from_timestamp_millis),
+        reason: headers::text(m.headers(), REASON).map(str::to_string),
+        id: field("id"),
+        source: field("source"),
+        event_type: field("type"),
+        principal: headers::text(m.headers(), headers::PRINCIPAL).map(str::to_string),
+    }
+}
+
+/// Reads the whole DLQ as it is now (to each partition's high watermark), without joining or
+/// moving any consumer group, and hands each record that `filter` matches to `each`.
+pub async fn scan<F, Fut>(config: &Config, filter: &Filter, mut each: F) -> Result<u64, KafkaError>
+where
+    F: FnMut(Described, OwnedMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<(), KafkaError>>,
+{
+    let consumer: StreamConsumer =
+        crate::kafka::client_config(&config.kafka.bootstrap_servers, &config.kafka.security)
+            .set(
+                "group.id",
+                format!("{}-dlq-inspect", config.kafka.consumer_group),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()?;
+    let topic = &config.kafka.dlq_topic;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut pending = std::collections::BTreeMap::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if low < high {
+            assignment.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+            pending.insert(p.id(), high);
+        }
+    }
+    let mut matched = 0;
+    if pending.is_empty() {
+        return Ok(matched);
+    }
+    consumer.assign(&assignment)?;
+    while !pending.is_empty() {
+        let m = consumer.recv().await?;
+        let (partition, offset) = (m.partition(), m.offset());
+        if pending.get(&partition).is_some_and(|&end| offset < end) {
+            let described = describe(&m);
+            if filter.matches(&described) {
+                matched += 1;
+                each(described, m.detach()).await?;
+            }
+        }
+        if pending
+            .get(&partition)
+            .is_some_and(|&end| offset + 1 >= end)
+        {
+            pending.remove(&partition);
+        }
+    }
+    Ok(matched)
+}
+
+/// Re-publishes the DLQ records `filter` matches to the main topic, reading the whole DLQ and
+/// leaving the replay group's offsets alone (a later `dlq replay` without a filter still sends
+/// what it has not sent). Rows stay single however often a record is sent (ON CONFLICT DO
+/// NOTHING). With `dry_run`, only counts.
+pub async fn replay_matching(
+    config: &Config,
+    producer: &FutureProducer,
+    filter: &Filter,
+    dry_run: bool,
+) -> Result<u64, KafkaError> {
+    scan(config, filter, |_, m| async move {
+        match dry_run {
+            true => Ok(()),
+            false => republish(producer, &config.kafka.topic, &m).await,
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
