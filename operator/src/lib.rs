@@ -19,6 +19,7 @@ pub mod lease;
 pub mod metrics;
 pub mod objects;
 pub mod observe;
+pub mod plugin;
 pub mod provision;
 pub mod record;
 pub mod status;

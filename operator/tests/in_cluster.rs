@@ -149,6 +149,37 @@ async fn lease_holder(cluster: &Cluster) -> Option<String> {
     .filter(|h| !h.is_empty())
 }
 
+/// `kubectl audit ...` (this package's `kubectl-audit`) as an admin runs it: the cluster's
+/// kubeconfig, and its kubectl on PATH.
+async fn kubectl_audit(cluster: &Cluster, args: &[&str]) -> String {
+    let path = format!(
+        "{}:{}",
+        cluster.kube.bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-audit"))
+        .args(args)
+        .env("KUBECONFIG", cluster.kube.kubeconfig())
+        .env("PATH", path)
+        .output()
+        .await
+        .expect("kubectl-audit");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl audit {}: {text}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The batch's rows counted by `kubectl audit psql` (the reader role, from its Secret).
+async fn batch_rows_as_reader(cluster: &Cluster) -> String {
+    let query = "SELECT count(*) FROM audit_events WHERE id LIKE 'batch-%'";
+    kubectl_audit(cluster, &["psql", NAME, "-n", TENANT, "--", "-tAc", query]).await
+}
+
 /// The names of the pods in `namespace` that `selector` picks.
 async fn pod_names(cluster: &Cluster, namespace: &str, selector: &str) -> Vec<String> {
     kubectl(
@@ -404,6 +435,25 @@ spec:
     )
     .await;
 
+    // The kubectl plugin: the status, the DLQ through a runtime pod, a reader session.
+    let status = kubectl_audit(&cluster, &["status", NAME, "-n", TENANT]).await;
+    for kind in ["DatabaseReady", "PartitionsReady", "WorkloadAvailable"] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(&format!("{kind} ")) && l.contains(" True ")),
+            "{status}"
+        );
+    }
+    assert!(status.contains("Lag:       "), "{status}");
+    assert!(status.contains("Endpoint:  http://"), "{status}");
+    let dead = kubectl_audit(&cluster, &["dlq", "count", NAME, "-n", TENANT]).await;
+    assert!(
+        dead.starts_with(&format!("0 record(s) in {NAME}.dlq")),
+        "{dead}"
+    );
+    assert_eq!(batch_rows_as_reader(&cluster).await.trim(), "100");
+
     // Under load through the Service: a pod deleted, then a rolling update; every event
     // answered 202 becomes exactly one row.
     let stop = Arc::new(AtomicBool::new(false));
@@ -497,6 +547,74 @@ spec:
         accepted.len(),
         "rows without a 202 would be retries stored twice"
     );
+
+    // `kubectl audit rotate-passwords`: the reader gets a new password, which works.
+    let reader_password = || async {
+        kubectl(
+            &cluster,
+            &[
+                "get",
+                "secret",
+                &format!("{NAME}-db-reader"),
+                "-n",
+                TENANT,
+                "-o",
+                "jsonpath={.data.password}",
+            ],
+        )
+        .await
+    };
+    let old_password = reader_password().await;
+    let rotated = kubectl_audit(
+        &cluster,
+        &["rotate-passwords", NAME, "-n", TENANT, "--role", "reader"],
+    )
+    .await;
+    assert!(
+        rotated.contains(&format!("secret/{NAME}-db-reader deleted")),
+        "{rotated}"
+    );
+    wait_for(
+        &cluster,
+        60,
+        "the reader Secret was not made again",
+        || async {
+            let now = kubectl_result(
+                &cluster,
+                &[
+                    "get",
+                    "secret",
+                    &format!("{NAME}-db-reader"),
+                    "-n",
+                    TENANT,
+                    "-o",
+                    "jsonpath={.data.password}",
+                ],
+                None,
+            )
+            .await
+            .ok()?;
+            (!now.is_empty() && now != old_password).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        &cluster,
+        60,
+        "the new reader password never worked",
+        || async {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-audit"))
+                .args(["psql", NAME, "-n", TENANT, "--", "-tAc", "SELECT 1"])
+                .env("KUBECONFIG", cluster.kube.kubeconfig())
+                .output()
+                .await
+                .ok()?;
+            out.status.success().then_some(())
+        },
+    )
+    .await;
+    assert_eq!(batch_rows_as_reader(&cluster).await.trim(), "100");
+    rolled_out(&cluster, &deployment).await;
 
     // The maintenance CronJob's pods start under `restricted` and its Job succeeds.
     kubectl(

@@ -1,6 +1,7 @@
 //! With kube-controller-manager running: deleting the namespace tears the resource down through
 //! the same finalizer (the namespace controller deletes it, the operator's watch-driven loop
-//! tears down, the namespace then goes), and garbage collection works on the children.
+//! tears down, the namespace then goes), and garbage collection works on the children. And an
+//! operator that watches one namespace leaves the others alone.
 
 mod common;
 
@@ -109,5 +110,47 @@ async fn deleting_the_namespace_tears_everything_down() {
         0,
         "the topic was deleted"
     );
+    operator.abort();
+}
+
+/// `--watch-namespace` (the Helm chart's `watchNamespace`): the controller reconciles the
+/// resources of its namespace and never touches another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watching_one_namespace_leaves_the_others_alone() {
+    let watched = Fixture::new(true, json!({})).await;
+    let other = Fixture::new(true, json!({})).await;
+    let ctx = Arc::new(Ctx::new(
+        watched.client.clone(),
+        Arc::new(Metrics::default()),
+        "test".into(),
+    ));
+    let operator = tokio::spawn(controller::run(ctx, Some(watched.namespace.clone())));
+
+    let api = watched.api::<audit_manager_crds::AuditManager>();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let am = api.get(&watched.name).await.expect("get");
+        if condition(&am, "DatabaseReady").0 == "True" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not provisioned: {:?}",
+            am.status
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let untouched = other
+        .api::<audit_manager_crds::AuditManager>()
+        .get(&other.name)
+        .await
+        .expect("get");
+    assert!(untouched.status.is_none(), "{:?}", untouched.status);
+    assert!(
+        untouched.metadata.finalizers.unwrap_or_default().is_empty(),
+        "no finalizer on a resource of another namespace"
+    );
+    assert!(!database_exists(&other.database()).await);
     operator.abort();
 }
