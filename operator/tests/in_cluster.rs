@@ -550,7 +550,7 @@ spec:
 
     // `kubectl audit rotate-passwords`: the reader gets a new password, which works.
     let reader_password = || async {
-        kubectl(
+        kubectl_result(
             &cluster,
             &[
                 "get",
@@ -561,10 +561,13 @@ spec:
                 "-o",
                 "jsonpath={.data.password}",
             ],
+            None,
         )
         .await
+        .ok()
+        .filter(|p| !p.is_empty())
     };
-    let old_password = reader_password().await;
+    let old_password = reader_password().await.expect("the reader Secret");
     let rotated = kubectl_audit(
         &cluster,
         &["rotate-passwords", NAME, "-n", TENANT, "--role", "reader"],
@@ -579,22 +582,10 @@ spec:
         60,
         "the reader Secret was not made again",
         || async {
-            let now = kubectl_result(
-                &cluster,
-                &[
-                    "get",
-                    "secret",
-                    &format!("{NAME}-db-reader"),
-                    "-n",
-                    TENANT,
-                    "-o",
-                    "jsonpath={.data.password}",
-                ],
-                None,
-            )
-            .await
-            .ok()?;
-            (!now.is_empty() && now != old_password).then_some(())
+            reader_password()
+                .await
+                .filter(|now| *now != old_password)
+                .map(|_| ())
         },
     )
     .await;

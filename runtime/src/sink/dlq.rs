@@ -152,6 +152,19 @@ pub struct Replayed {
     pub records: u64,
 }
 
+/// A consumer of the DLQ in the group `<consumer_group>-<suffix>` that commits only when told
+/// (`dlq replay` commits what it sent; the inspecting commands never commit).
+fn dlq_consumer(config: &Config, suffix: &str) -> Result<StreamConsumer, KafkaError> {
+    crate::kafka::client_config(&config.kafka.bootstrap_servers, &config.kafka.security)
+        .set(
+            "group.id",
+            format!("{}-{suffix}", config.kafka.consumer_group),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+}
+
 /// Re-publishes every DLQ record not yet replayed (tracked by the consumer group
 /// `<consumer_group>-dlq-replay`) to the main topic with its original key, then commits.
 /// Replaying twice sends nothing new; rows stay single either way (ON CONFLICT DO NOTHING).
@@ -161,15 +174,7 @@ pub async fn replay(
     producer: &FutureProducer,
     dry_run: bool,
 ) -> Result<Replayed, KafkaError> {
-    let consumer: StreamConsumer =
-        crate::kafka::client_config(&config.kafka.bootstrap_servers, &config.kafka.security)
-            .set(
-                "group.id",
-                format!("{}-dlq-replay", config.kafka.consumer_group),
-            )
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
+    let consumer = dlq_consumer(config, "dlq-replay")?;
     let topic = &config.kafka.dlq_topic;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut ends = std::collections::BTreeMap::new();
@@ -353,15 +358,7 @@ where
     F: FnMut(Described, OwnedMessage) -> Fut,
     Fut: std::future::Future<Output = Result<(), KafkaError>>,
 {
-    let consumer: StreamConsumer =
-        crate::kafka::client_config(&config.kafka.bootstrap_servers, &config.kafka.security)
-            .set(
-                "group.id",
-                format!("{}-dlq-inspect", config.kafka.consumer_group),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .create()?;
+    let consumer = dlq_consumer(config, "dlq-inspect")?;
     let topic = &config.kafka.dlq_topic;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
