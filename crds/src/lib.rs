@@ -10,6 +10,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod access;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 
@@ -785,7 +786,7 @@ impl AuditManagerSpec {
 }
 
 /// The CRD as YAML, exactly as `manifests/crd.yaml` holds it.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, yaml::Error> {
     use kube::CustomResourceExt;
     let mut crd = AuditManager::crd();
     // `helm uninstall` keeps it: deleting the CRD deletes every AuditManager, and through
@@ -795,7 +796,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
             .into_iter()
             .collect(),
     );
-    let body = serde_yaml::to_string(&crd)?;
+    let body = yaml::to_string(&crd)?;
     Ok(format!(
         "# Generated from crds/src/lib.rs by `make manifests`; do not edit.\n{body}"
     ))

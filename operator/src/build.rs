@@ -167,7 +167,7 @@ pub fn runtime_config_file(am: &AuditManager, around: &Surroundings) -> Result<S
     let mut config = runtime_config(am);
     config.auth = exposure::runtime_auth(am, around);
     let file = json!({ "audit_manager": config.without_secrets() });
-    serde_yaml::to_string(&file).map_err(|e| Error::Build {
+    audit_manager_crds::yaml::to_string(&file).map_err(|e| Error::Build {
         kind: "ConfigMap".into(),
         message: e.to_string(),
     })
@@ -669,7 +669,7 @@ mod tests {
         let a =
             am(json!({"ingest": {"queueMaxSize": 20000, "maxBatchSize": 100, "ackMode": "kafka"}}));
         let text = runtime_config_file(&a, &Surroundings::default()).expect("config file");
-        let v: Value = serde_yaml::from_str(&text).expect("yaml");
+        let v: Value = audit_manager_crds::yaml::from_str(&text).expect("yaml");
         let c = &v["audit_manager"];
         assert_eq!(c["ingest"]["queue_max_size"], json!(20000));
         assert_eq!(c["ingest"]["ack_mode"], json!("kafka"));

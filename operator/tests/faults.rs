@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, condition};
+use common::{Fixture, condition, expect_condition};
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -36,12 +36,7 @@ async fn an_unreachable_database_is_reported_and_recovers_when_fixed() {
         .await
         .expect("fix the port");
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "DatabaseReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "DatabaseReady")
-    );
+    expect_condition(&am, "DatabaseReady", "True", "Ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,12 +72,7 @@ async fn an_unreachable_kafka_is_reported_and_recovers_when_fixed() {
     );
     switch.switch(audit_testenv::kafka().bootstrap());
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "TopicsReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "TopicsReady")
-    );
+    expect_condition(&am, "TopicsReady", "True", "Ok");
     f.delete_and_reconcile_until_gone().await;
 }
 

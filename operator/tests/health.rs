@@ -10,7 +10,7 @@ use audit_manager_crds::AuditManager;
 use audit_manager_operator::context::Ctx;
 use audit_manager_operator::controller::reconcile;
 use audit_manager_operator::metrics::Metrics;
-use common::{Fixture, condition};
+use common::{Fixture, condition, expect_condition};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -96,12 +96,7 @@ async fn healthy_and_ready_follow_the_runtimes_own_report() {
         condition(&am, "Healthy"),
         runtime.log_tail(30)
     );
-    assert_eq!(
-        condition(&am, "Ready").0,
-        "True",
-        "{:?}",
-        condition(&am, "Ready")
-    );
+    expect_condition(&am, "Ready", "True", "Ok");
     drop(runtime);
 
     // A runtime that cannot reach its database reports it, and so does the condition.

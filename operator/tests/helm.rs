@@ -58,7 +58,7 @@ fn ensure_namespace(name: &str) {
 /// The YAML documents of a stream, as JSON values (empty documents skipped).
 fn documents(yaml: &str) -> Vec<Value> {
     yaml.split("\n---")
-        .filter_map(|d| serde_yaml::from_str::<Option<Value>>(d).expect("YAML"))
+        .filter_map(|d| audit_manager_crds::yaml::from_str::<Option<Value>>(d).expect("YAML"))
         .filter(|v| v.is_object())
         .collect()
 }

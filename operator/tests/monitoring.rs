@@ -38,7 +38,7 @@ fn promtool(args: &[&str], dir: &Path) -> String {
 /// The PrometheusRule's `spec` (a Prometheus rule file).
 fn rule_file() -> Value {
     let text = std::fs::read_to_string(format!("{BUNDLE}/prometheusrule.yaml")).expect("rules");
-    let rule: Value = serde_yaml::from_str(&text).expect("YAML");
+    let rule: Value = audit_manager_crds::yaml::from_str(&text).expect("YAML");
     rule["spec"].clone()
 }
 
@@ -70,7 +70,7 @@ fn every_alert_fires_on_its_series_and_only_there() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("rules.yaml"),
-        serde_yaml::to_string(&rule_file()).expect("YAML"),
+        audit_manager_crds::yaml::to_string(&rule_file()).expect("YAML"),
     )
     .expect("write rules");
     std::fs::copy(
@@ -105,7 +105,7 @@ fn the_dashboards_queries_parse() {
     let file = json!({"groups": [{"name": "dashboard", "rules": rules}]});
     std::fs::write(
         dir.path().join("dashboard.yaml"),
-        serde_yaml::to_string(&file).expect("YAML"),
+        audit_manager_crds::yaml::to_string(&file).expect("YAML"),
     )
     .expect("write");
     promtool(&["check", "rules", "dashboard.yaml"], dir.path());

@@ -28,6 +28,24 @@ async fn database_exists(name: &str) -> bool {
         .expect("query")
 }
 
+/// Waits (90 s at most) until the running operator has provisioned the database and topics.
+async fn wait_until_provisioned(api: &Api<audit_manager_crds::AuditManager>, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let am = api.get(name).await.expect("get");
+        if condition(&am, "DatabaseReady").0 == "True" && condition(&am, "TopicsReady").0 == "True"
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not provisioned: {:?}",
+            am.status
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_namespace_tears_everything_down() {
     let kube = audit_testenv::kube_with_controllers();
@@ -41,20 +59,7 @@ async fn deleting_the_namespace_tears_everything_down() {
     let operator = tokio::spawn(controller::run(ctx, None));
 
     let api = f.api::<audit_manager_crds::AuditManager>();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let am = api.get(&f.name).await.expect("get");
-        if condition(&am, "DatabaseReady").0 == "True" && condition(&am, "TopicsReady").0 == "True"
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not provisioned: {:?}",
-            am.status
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until_provisioned(&api, &f.name).await;
     // The deployment controller made a ReplicaSet for the runtime Deployment.
     let deadline = Instant::now() + Duration::from_secs(60);
     while f
@@ -126,20 +131,7 @@ async fn an_operator_watching_one_namespace_leaves_the_others_alone() {
     ));
     let operator = tokio::spawn(controller::run(ctx, Some(watched.namespace.clone())));
 
-    let api = watched.api::<audit_manager_crds::AuditManager>();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let am = api.get(&watched.name).await.expect("get");
-        if condition(&am, "DatabaseReady").0 == "True" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not provisioned: {:?}",
-            am.status
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until_provisioned(&watched.api(), &watched.name).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let untouched = other
         .api::<audit_manager_crds::AuditManager>()

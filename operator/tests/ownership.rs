@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use audit_manager_crds::AuditManager;
 use audit_manager_operator::record;
-use common::{Fixture, Switch, condition, partitions_on, unique};
+use common::{Fixture, Switch, condition, expect_condition, partitions_on, unique};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -84,12 +84,7 @@ async fn topics_on_another_cluster_are_never_touched_and_stop_the_workload() {
     let switch = Switch::to(first.bootstrap()).await;
     let f = fixture(&format!("127.0.0.1:{}", switch.port)).await;
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "TopicsReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "TopicsReady")
-    );
+    expect_condition(&am, "TopicsReady", "True", "Ok");
     assert_eq!(workload_exists(&f).await, (true, true));
     let spec = &f.resource.spec.kafka;
     // The record, in the operator's namespace: the cluster, each topic's id, the group.

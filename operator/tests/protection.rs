@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use audit_manager_crds::AuditManager;
-use common::{Fixture, condition};
+use common::{Fixture, condition, expect_condition};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
@@ -21,7 +21,7 @@ async fn install_deletion_protection(client: &kube::Client) {
     ))
     .expect("the manifest");
     for document in text.split("\n---\n") {
-        let object: Value = serde_yaml::from_str(document).expect("YAML");
+        let object: Value = audit_manager_crds::yaml::from_str(document).expect("YAML");
         let kind = object["kind"].as_str().expect("kind").to_string();
         let name = object["metadata"]["name"]
             .as_str()
@@ -224,12 +224,7 @@ async fn retain_keeps_the_role_secrets_with_the_database() {
     )
     .await;
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "DatabaseReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "DatabaseReady")
-    );
+    expect_condition(&am, "DatabaseReady", "True", "Ok");
     let before = f
         .api::<Secret>()
         .get(&format!("{}-db-writer", f.name))

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use audit_manager::db::partitions::Month;
 use audit_manager_crds::AuditManager;
-use common::{Fixture, condition, create_admin_secret, owned_by, topic_partitions};
+use common::{
+    Fixture, condition, create_admin_secret, expect_condition, owned_by, topic_partitions,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -23,18 +25,8 @@ use serde_json::json;
 async fn provisions_the_database_topics_and_children_and_keeps_them() {
     let f = Fixture::new(true, json!({})).await;
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "DatabaseReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "DatabaseReady")
-    );
-    assert_eq!(
-        condition(&am, "TopicsReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "TopicsReady")
-    );
+    expect_condition(&am, "DatabaseReady", "True", "Ok");
+    expect_condition(&am, "TopicsReady", "True", "Ok");
     assert_eq!(condition(&am, "WorkloadAvailable").1, "WorkloadUnavailable");
     assert_eq!(condition(&am, "Healthy").1, "NoReadyPods");
     assert_eq!(condition(&am, "Ready").0, "False");
@@ -182,21 +174,11 @@ async fn provisions_the_database_topics_and_children_and_keeps_them() {
         .await
         .expect("deployment status");
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "WorkloadAvailable").0,
-        "True",
-        "{:?}",
-        condition(&am, "WorkloadAvailable")
-    );
+    expect_condition(&am, "WorkloadAvailable", "True", "Ok");
     assert_eq!(am.status.as_ref().and_then(|s| s.ready_replicas), Some(2));
 
     // Next month's partition gone (a failed maintenance run, a hand): said on the resource.
-    assert_eq!(
-        condition(&am, "PartitionsReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "PartitionsReady")
-    );
+    expect_condition(&am, "PartitionsReady", "True", "Ok");
     let next = Month::of(chrono::Utc::now()).plus(1).table();
     let tenant = sqlx::PgPool::connect(&pg.superuser_url(&f.database()))
         .await
@@ -252,12 +234,7 @@ async fn deleting_a_role_secret_rotates_its_password_and_rolls_the_pods() {
         .await
         .expect("delete the writer Secret");
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "DatabaseReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "DatabaseReady")
-    );
+    expect_condition(&am, "DatabaseReady", "True", "Ok");
     let new = password(&secrets.get(&secret).await.expect("a new writer Secret"));
     assert_ne!(new, old, "a new password is generated");
     let pg = audit_testenv::postgres();
@@ -301,24 +278,14 @@ async fn a_missing_admin_secret_is_reported_and_recovered() {
     );
     create_admin_secret(&f.client, &f.namespace).await;
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "DatabaseReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "DatabaseReady")
-    );
+    expect_condition(&am, "DatabaseReady", "True", "Ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_is_measured_from_kafka_and_compared_with_the_threshold() {
     let f = Fixture::new(true, json!({"lagThreshold": 10})).await;
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "LagWithinThreshold").0,
-        "True",
-        "{:?}",
-        condition(&am, "LagWithinThreshold")
-    );
+    expect_condition(&am, "LagWithinThreshold", "True", "Ok");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", audit_testenv::kafka().bootstrap())
         .create()

@@ -164,7 +164,7 @@ async fn the_crd_accepts_the_production_example_and_refuses_what_cannot_work() {
     .expect("the production example");
     let documents: Vec<Value> = text
         .split("\n---\n")
-        .map(|d| serde_yaml::from_str(d).expect("YAML"))
+        .map(|d| audit_manager_crds::yaml::from_str(d).expect("YAML"))
         .collect();
     let example = documents
         .iter()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Fixture, condition, create_credentials, create_secret};
+use common::{Fixture, condition, create_credentials, create_secret, expect_condition};
 use serde_json::json;
 
 /// A server on 127.0.0.1 that counts the connections it receives and the bytes sent to it.
@@ -260,12 +260,7 @@ async fn an_admin_with_createrole_and_createdb_only_provisions_and_tears_down() 
     )
     .await;
     let am = f.reconcile().await;
-    assert_eq!(
-        condition(&am, "DatabaseReady").0,
-        "True",
-        "{:?}",
-        condition(&am, "DatabaseReady")
-    );
+    expect_condition(&am, "DatabaseReady", "True", "Ok");
     let owner: String = sqlx::query_scalar(
         "SELECT r.rolname::text FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = $1",
     )

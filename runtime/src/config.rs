@@ -39,7 +39,7 @@ pub enum ConfigError {
     #[error("config file {path} is not valid YAML: {source}")]
     Yaml {
         path: String,
-        source: serde_yaml::Error,
+        source: audit_manager_crds::yaml::Error,
     },
     #[error("config file {path} must hold a mapping at the top level")]
     NotAMapping { path: String },
@@ -771,10 +771,11 @@ fn read_yaml(path: &Path) -> Result<Value, ConfigError> {
         path: shown.clone(),
         source,
     })?;
-    let yaml: Value = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
-        path: shown.clone(),
-        source,
-    })?;
+    let yaml: Value =
+        audit_manager_crds::yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+            path: shown.clone(),
+            source,
+        })?;
     let yaml = match yaml {
         Value::Null => Value::Object(Default::default()),
         Value::Object(mut map) => match map.remove("audit_manager") {
@@ -993,7 +994,8 @@ mod tests {
         );
         let text = std::fs::read_to_string(path).expect("read");
         let documented: Value =
-            serde_yaml::from_str::<Value>(&text).expect("yaml")["audit_manager"].clone();
+            audit_manager_crds::yaml::from_str::<Value>(&text).expect("yaml")["audit_manager"]
+                .clone();
         fn keys(v: &Value, prefix: &str, out: &mut Vec<String>) {
             if let Value::Object(m) = v {
                 for (k, v) in m {

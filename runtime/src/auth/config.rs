@@ -197,7 +197,7 @@ mod tests {
     use super::*;
 
     fn refused(yaml: &str) -> String {
-        let config: AuthConfig = serde_yaml::from_str(yaml).expect("yaml");
+        let config: AuthConfig = audit_manager_crds::yaml::from_str(yaml).expect("yaml");
         match config.validate(500) {
             Err(ConfigError::Invalid { key, message }) => format!("{key}: {message}"),
             other => panic!("expected a refusal: {other:?}"),
@@ -232,9 +232,10 @@ mod tests {
             ))
             .starts_with("auth.burst: 100 is below ingest.max_batch_size 500")
         );
-        let fine: AuthConfig =
-            serde_yaml::from_str(&format!("mode: jwt\nissuers: [{ISSUER}]\n{emitters}"))
-                .expect("yaml");
+        let fine: AuthConfig = audit_manager_crds::yaml::from_str(&format!(
+            "mode: jwt\nissuers: [{ISSUER}]\n{emitters}"
+        ))
+        .expect("yaml");
         assert!(fine.validate(500).is_ok());
         assert!(
             AuthConfig::default().validate(500).is_ok(),
