@@ -1,15 +1,19 @@
 //! The HTTP contract in process (no network): every SPEC §2.2 rule rejected with its code and
 //! field path, media types, size limits, and a property test that arbitrary bytes and JSON
-//! never produce a 5xx or a panic.
+//! never produce a 5xx or a panic. And the `/docs` page, served on loopback, rendered by a real
+//! headless Chromium that can resolve no name.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use audit_manager::config::Config;
 use audit_manager::health::Health;
 use audit_manager::http::router::{admin_router, router};
+use audit_manager::http::server::Server;
 use audit_manager::http::state::AppState;
+use audit_manager::http::{openapi, paths};
 use audit_manager::ingest::queue::IngestQueue;
 use audit_manager::metrics::Metrics;
 use axum::body::{Body, to_bytes};
@@ -342,6 +346,113 @@ async fn version_reports_the_commit_and_the_build_time() {
     assert!(
         age >= chrono::Duration::zero() && age < chrono::Duration::days(30),
         "built {built}, {age} ago"
+    );
+}
+
+/// `/docs` works without internet: headless Chromium, with every host name unresolvable, loads
+/// the page from a running server and renders each operation and schema of the OpenAPI
+/// document; the page and its assets name no other origin, and say so to the browser (CSP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_page_renders_every_operation_offline_in_chromium() {
+    let app = app(&[]);
+    for path in [paths::DOCS, paths::DOCS_SCRIPT, paths::DOCS_STYLE] {
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let policy = response
+            .headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(policy.contains("default-src 'none'"), "{path}: {policy}");
+        let body = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            !body.contains("http://") && !body.contains("https://") && !body.contains("//cdn"),
+            "{path} names another origin"
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let config = Config::load_from(&BTreeMap::new()).expect("config");
+    let server = Server::spawn(listener, app, &config.server);
+    let profile = tempfile::tempdir().expect("profile dir");
+    let url = format!("http://{address}{}", paths::DOCS);
+    let chromium = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            // No name resolves and nothing but this server is reachable: as offline as it gets.
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .env("HOME", profile.path())
+        .env("XDG_CONFIG_HOME", profile.path())
+        .env("XDG_CACHE_HOME", profile.path())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(Duration::from_secs(120), chromium).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!(
+                "chromium is not installed: run `tests/env/provision.sh browser` (make test does)"
+            )
+        }
+        Ok(Err(e)) => panic!("cannot run chromium: {e}"),
+        Err(_) => panic!("chromium did not finish within 120 s"),
+    };
+    server.stop(tokio::time::Instant::now()).await;
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chromium: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        dom.contains(r#"data-rendered="true""#),
+        "the page did not render the document:\n{dom}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let document = serde_json::to_value(openapi::document()).expect("document");
+    let mut operations = 0;
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            let shown = format!(r#"data-operation="{} {path}""#, method.to_uppercase());
+            assert!(dom.contains(&shown), "{shown} is not on the page");
+            operations += 1;
+        }
+    }
+    assert!(operations >= 8, "{operations} operations in the document");
+    for name in document["components"]["schemas"]
+        .as_object()
+        .expect("schemas")
+        .keys()
+    {
+        let shown = format!(r#"data-schema="{name}""#);
+        assert!(dom.contains(&shown), "{shown} is not on the page");
+    }
+    assert!(
+        dom.contains(r#"data-status="202""#),
+        "the responses of POST /events are listed"
     );
 }
 

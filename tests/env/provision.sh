@@ -10,6 +10,7 @@
 #   - podman and runc (Debian packages), and the base image debian:bookworm-slim made with
 #     debootstrap
 #   - containerd, the CNI plugins and iptables for a real node (Debian packages)
+#   - Chromium (Debian package), which loads the runtime's /docs page headless
 # Everything fetched or built lands in $AUDIT_MANAGER_CACHE (default ~/.cache/audit-manager),
 # one folder per component and version, so the next run and a fresh clone reuse it.
 set -euo pipefail
@@ -185,6 +186,12 @@ provision_helm() {
   mv "$out.partial" "$out"
 }
 
+# Chromium, for the test that loads the runtime's /docs page headless and sees it render
+# without internet access (runtime/tests/docs_page.rs).
+provision_browser() {
+  command -v chromium >/dev/null || apt_install chromium
+}
+
 # ---- Container images -----------------------------------------------------------------------
 # podman builds the project's images (runtime/Dockerfile, operator/Dockerfile) and runc runs
 # their steps (crun refuses this kind of machine's hybrid cgroups). No registry is reachable,
@@ -242,7 +249,7 @@ provision_node() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio helm monitoring images node)
+[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio helm monitoring browser images node)
 for c in "${components[@]}"; do
   case "$c" in
     build) provision_build ;;
@@ -252,9 +259,10 @@ for c in "${components[@]}"; do
     istio) provision_istio ;;
     helm) provision_helm ;;
     monitoring) provision_monitoring ;;
+    browser) provision_browser ;;
     images) provision_images ;;
     node) provision_node ;;
-    *) die "unknown component '$c' (expected build, postgres, kafka, kube, istio, helm, monitoring, images or node)" ;;
+    *) die "unknown component '$c' (expected build, postgres, kafka, kube, istio, helm, monitoring, browser, images or node)" ;;
   esac
 done
 step "test environment provisioned in $cache"

@@ -1,7 +1,8 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire types, and
 //! the two endpoints that serve it.
 
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::envelope::{Envelope, ErrorItem};
@@ -33,7 +34,39 @@ pub async fn openapi_json() -> Response {
     axum::Json(document()).into_response()
 }
 
-/// `GET /docs`: a page rendering the document.
-pub async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
+/// What the docs page may load: its own script, style and `openapi.json`, nothing from
+/// anywhere else (the browser enforces it), and no inline script.
+const DOCS_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, DOCS_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /docs`: the API reference page (offline: it renders `openapi.json` with `docs.js`).
+pub async fn docs() -> Response {
+    asset("text/html; charset=utf-8", include_str!("docs/index.html"))
+}
+
+/// `GET /docs.js`: the renderer of the docs page.
+pub async fn docs_script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("docs/docs.js"),
+    )
+}
+
+/// `GET /docs.css`: the docs page's style.
+pub async fn docs_style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("docs/docs.css"))
 }

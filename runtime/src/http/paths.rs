@@ -16,7 +16,11 @@ pub const VERSION: &str = "/v1/auditmanager/version";
 pub const CONFIG: &str = "/v1/auditmanager/config";
 pub const METRICS: &str = "/v1/auditmanager/metrics";
 pub const OPENAPI: &str = "/v1/auditmanager/openapi.json";
+/// The API reference page, rendered in the browser from `openapi.json` by the two assets below
+/// (all served from the binary: the page needs no internet access).
 pub const DOCS: &str = "/v1/auditmanager/docs";
+pub const DOCS_SCRIPT: &str = "/v1/auditmanager/docs.js";
+pub const DOCS_STYLE: &str = "/v1/auditmanager/docs.css";
 
 #[cfg(test)]
 mod tests {
@@ -25,7 +29,18 @@ mod tests {
     #[test]
     fn every_path_is_under_the_prefix() {
         for path in [
-            EVENTS, BATCH, HEALTH, LIVE, READY, VERSION, CONFIG, METRICS, OPENAPI, DOCS,
+            EVENTS,
+            BATCH,
+            HEALTH,
+            LIVE,
+            READY,
+            VERSION,
+            CONFIG,
+            METRICS,
+            OPENAPI,
+            DOCS,
+            DOCS_SCRIPT,
+            DOCS_STYLE,
         ] {
             assert!(path.starts_with(&format!("{PREFIX}/")), "{path}");
         }

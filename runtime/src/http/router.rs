@@ -24,6 +24,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(paths::VERSION, get(ops::version))
         .route(paths::OPENAPI, get(openapi::openapi_json))
         .route(paths::DOCS, get(openapi::docs))
+        .route(paths::DOCS_SCRIPT, get(openapi::docs_script))
+        .route(paths::DOCS_STYLE, get(openapi::docs_style))
         .fallback(ops::not_found)
         .with_state(state)
 }
