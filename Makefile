@@ -10,6 +10,9 @@ ifeq ($(CI),true)
 export CARGO_TARGET_DIR ?= $(AUDIT_MANAGER_CACHE)/target
 endif
 CARGO ?= cargo
+# Tool versions (KEY=value lines), shared with tests/env/provision.sh.
+include tests/env/versions.env
+CARGO_DENY := $(AUDIT_MANAGER_CACHE)/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 export DEMO_EXIT
 # Integration tests start real servers; a few at a time is what two cores sustain.
 TEST_THREADS ?= 4
@@ -22,9 +25,11 @@ help: ## list the targets
 testenv: ## provision PostgreSQL, Kafka, etcd, kube-apiserver and kubectl (cached)
 	tests/env/provision.sh
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy (warnings are errors), cargo-deny's license and ban checks (deny.toml)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	tests/env/provision.sh lint
+	$(CARGO_DENY) --frozen check --hide-inclusion-graph licenses bans
 
 unit: ## the tests that need no external component (about a minute once built)
 	$(CARGO) test --workspace --locked --lib --bins --test http_contract -- --test-threads=$(TEST_THREADS)

@@ -11,13 +11,26 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Why a text is not the YAML that was expected, or a value cannot be written as YAML.
+/// Why a text is not the YAML that was expected, or a value cannot be written as YAML. (Boxed:
+/// serde-saphyr's errors carry the offending snippet and are large.)
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
-    Read(#[from] serde_saphyr::Error),
+    Read(Box<serde_saphyr::Error>),
     #[error("{0}")]
-    Write(#[from] serde_saphyr::SerializeError),
+    Write(Box<serde_saphyr::SerializeError>),
+}
+
+impl From<serde_saphyr::Error> for Error {
+    fn from(e: serde_saphyr::Error) -> Error {
+        Error::Read(Box::new(e))
+    }
+}
+
+impl From<serde_saphyr::SerializeError> for Error {
+    fn from(e: serde_saphyr::SerializeError) -> Error {
+        Error::Write(Box::new(e))
+    }
 }
 
 fn options() -> serde_saphyr::Options {

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use audit_manager_crds::AuditManager;
-use common::{Fixture, condition, expect_condition};
+use common::{Fixture, expect_condition};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Provisions the real components of the test environment, idempotently:
+#   - cargo-deny (crates.io, `cargo install`) for make lint's license and ban checks
 #   - PostgreSQL server binaries (Debian package `postgresql`, installed when initdb is missing)
 #   - Java 17+ and Maven (Debian packages, when missing), then the Apache Kafka broker jars from
 #     Maven Central
@@ -59,6 +60,18 @@ provision_postgres() {
 provision_build() {
   perl -MFindBin -MIPC::Cmd -MFile::Compare -e1 2>/dev/null || apt_install perl
   command -v make >/dev/null || apt_install make
+}
+
+# cargo-deny for `make lint` (licenses and bans), compiled once per version from crates.io into
+# the cache: there is no prebuilt binary to fetch here, and the build is a few minutes.
+provision_lint() {
+  local root="$cache/cargo-deny-$CARGO_DENY_VERSION"
+  [ -x "$root/bin/cargo-deny" ] && return
+  step "building cargo-deny $CARGO_DENY_VERSION (cargo install, first run only)"
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --root "$root.partial" \
+    --target-dir "$cache/cargo-deny-build" >&2
+  rm -rf "$root" "$cache/cargo-deny-build"
+  mv "$root.partial" "$root"
 }
 
 # ---- Kafka ----------------------------------------------------------------------------------
@@ -249,10 +262,11 @@ provision_node() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(build postgres kafka kube istio helm monitoring browser images node)
+[ ${#components[@]} -gt 0 ] || components=(build lint postgres kafka kube istio helm monitoring browser images node)
 for c in "${components[@]}"; do
   case "$c" in
     build) provision_build ;;
+    lint) provision_lint ;;
     postgres) provision_postgres ;;
     kafka) provision_kafka ;;
     kube) provision_kube ;;
@@ -262,7 +276,7 @@ for c in "${components[@]}"; do
     browser) provision_browser ;;
     images) provision_images ;;
     node) provision_node ;;
-    *) die "unknown component '$c' (expected build, postgres, kafka, kube, istio, helm, monitoring, browser, images or node)" ;;
+    *) die "unknown component '$c' (expected build, lint, postgres, kafka, kube, istio, helm, monitoring, browser, images or node)" ;;
   esac
 done
 step "test environment provisioned in $cache"
