@@ -12,10 +12,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Why a text is not the YAML that was expected, or a value cannot be written as YAML. (Boxed:
-/// serde-saphyr's errors carry the offending snippet and are large.)
+/// serde-saphyr's errors carry the offending snippet and are large.) A read error is worded for
+/// whoever edits the file (serde-saphyr's user formatter), not with advice about its `Options`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    #[error("{}", .0.render_with_formatter(&serde_saphyr::UserMessageFormatter))]
     Read(Box<serde_saphyr::Error>),
     #[error("{0}")]
     Write(Box<serde_saphyr::SerializeError>),
@@ -88,8 +89,17 @@ mod tests {
 
     #[test]
     fn refuses_duplicate_keys_and_alias_bombs() {
-        let e = from_str::<Value>("a: 1\na: 2\n").expect_err("duplicate key");
-        assert!(e.to_string().contains('a'), "{e}");
+        let e = from_str::<Value>("port: 1\nport: 2\n").expect_err("duplicate key");
+        let message = e.to_string();
+        assert!(
+            message.contains("duplicate") && message.contains("port"),
+            "{message}"
+        );
+        assert!(message.contains("line 2"), "{message}");
+        assert!(
+            !message.contains("Options"),
+            "no advice meant for programmers: {message}"
+        );
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for (i, prev) in ('b'..='j').zip('a'..='i') {
             bomb.push_str(&format!("{i}: &{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
