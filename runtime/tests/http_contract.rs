@@ -354,7 +354,8 @@ async fn version_reports_the_commit_and_the_build_time() {
 /// document; the page and its assets name no other origin, and say so to the browser (CSP).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_page_renders_every_operation_offline_in_chromium() {
-    let app = app(&[]);
+    let state = state(&[]);
+    let app = router(state.clone());
     for path in [paths::DOCS, paths::DOCS_SCRIPT, paths::DOCS_STYLE] {
         let request = Request::get(path).body(Body::empty()).expect("request");
         let response = app.clone().oneshot(request).await.expect("infallible");
@@ -380,8 +381,7 @@ async fn the_docs_page_renders_every_operation_offline_in_chromium() {
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
-    let config = Config::load_from(&BTreeMap::new()).expect("config");
-    let server = Server::spawn(listener, app, &config.server);
+    let server = Server::spawn(listener, app, &state.config.server);
     let profile = tempfile::tempdir().expect("profile dir");
     let url = format!("http://{address}{}", paths::DOCS);
     let chromium = tokio::process::Command::new("chromium")

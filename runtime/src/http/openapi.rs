@@ -1,5 +1,6 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire types, and
-//! the two endpoints that serve it.
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the wire types, the
+//! endpoint that serves it, and the API reference page that renders it (`/docs` and its two
+//! assets, compiled into the binary).
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
