@@ -231,10 +231,12 @@ impl Backoff {
 
 /// The headers of a record: what the ingest normalized and who sent it, when known.
 fn record_headers(normalized: Option<&str>, principal: Option<&str>) -> Option<OwnedHeaders> {
-    if normalized.is_none() && principal.is_none() {
+    let count = usize::from(normalized.is_some()) + usize::from(principal.is_some());
+    if count == 0 {
         return None;
     }
-    let mut headers = OwnedHeaders::new();
+    // Sized to what it holds: librdkafka allocates the list's slots up front (5 by default).
+    let mut headers = OwnedHeaders::new_with_capacity(count);
     for (key, value) in [
         (normalize::HEADER, normalized),
         (super::headers::PRINCIPAL, principal),

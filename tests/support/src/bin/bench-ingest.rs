@@ -13,7 +13,9 @@
 //!   normal traffic, on a fresh process: normal p99 and 5xx, and the peak RSS.
 //!
 //! Usage: bench-ingest [--seconds N] [--rate EVENTS_PER_S] [--connections N] [--batch N]
-//!        [--queue N] [--warmup SECONDS] [--rounds N]
+//!        [--queue N] [--warmup SECONDS] [--rounds N] [--only SECTION]
+//! SECTION is one of `saturation` (memory, drain, saturation and fixed rate), `auth` or
+//! `hostile`; every section runs when `--only` is not given.
 //! The `audit-manager` binary is taken from the directory of this executable.
 
 use std::path::PathBuf;
@@ -34,6 +36,21 @@ struct Options {
     queue: usize,
     warmup: u64,
     rounds: usize,
+    only: Option<Section>,
+}
+
+/// A part of the run that `--only` can pick.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Saturation,
+    Auth,
+    Hostile,
+}
+
+impl Options {
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_none_or(|only| only == section)
+    }
 }
 
 fn options() -> Result<Options, String> {
@@ -45,6 +62,7 @@ fn options() -> Result<Options, String> {
         queue: 100_000,
         warmup: 5,
         rounds: 4,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -62,6 +80,18 @@ fn options() -> Result<Options, String> {
             "--queue" => o.queue = number()? as usize,
             "--warmup" => o.warmup = number()?,
             "--rounds" => o.rounds = number()?.max(1) as usize,
+            "--only" => {
+                o.only = Some(match value.as_str() {
+                    "saturation" => Section::Saturation,
+                    "auth" => Section::Auth,
+                    "hostile" => Section::Hostile,
+                    other => {
+                        return Err(format!(
+                            "--only: `{other}` is not a section (saturation, auth, hostile)"
+                        ));
+                    }
+                })
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -308,6 +338,55 @@ async fn settle(addresses: &[&str]) {
     }
 }
 
+/// Memory, drain, and saturation (single and batch) and a fixed rate on one runtime.
+async fn saturation(
+    kafka: &Kafka,
+    binary: &std::path::Path,
+    env: &[(String, String)],
+    o: &Options,
+) {
+    let runtime = match AuditManager::start(binary, &["serve"], env) {
+        Ok(r) => r,
+        Err(e) => return eprintln!("bench-ingest: {e}"),
+    };
+    memory_and_drain(kafka, &runtime, o.queue).await;
+    let address = runtime.address();
+    // The broker has only just started (and compiles its hot paths) and the runtime's
+    // connections are cold: a few seconds of the same load first, reported, not counted.
+    run_phase(
+        "warm-up (not counted)",
+        &address,
+        o.connections,
+        o.warmup,
+        None,
+        None,
+    )
+    .await;
+    run_phase(
+        "single, saturation",
+        &address,
+        o.connections,
+        o.seconds,
+        None,
+        None,
+    )
+    .await;
+    let name = format!("batch of {}, saturation", o.batch);
+    run_phase(&name, &address, 8, o.seconds, None, Some(o.batch)).await;
+    let name = format!("single, fixed {} /s", o.rate);
+    run_phase(
+        &name,
+        &address,
+        o.connections,
+        o.seconds,
+        Some(o.rate),
+        None,
+    )
+    .await;
+    let peak = runtime.rss_bytes().unwrap_or(0) as f64 / 1e6;
+    println!("peak RSS after the runs: {peak:.1} MB");
+}
+
 fn main() -> std::process::ExitCode {
     let o = match options() {
         Ok(o) => o,
@@ -355,28 +434,21 @@ fn main() -> std::process::ExitCode {
             ("AUDIT_MANAGER__INGEST__QUEUE_MAX_BYTES", (o.queue * 2048).to_string()),
             ("AUDIT_MANAGER__LOG__LEVEL", "warn".to_string()),
         ]);
-        let runtime = match AuditManager::start(&binary, &["serve"], &env) {
-            Ok(r) => r,
-            Err(e) => return eprintln!("bench-ingest: {e}"),
-        };
         println!(
             "audit-manager (release) against Apache Kafka {} on 127.0.0.1 (full JIT); {} s per phase, {} connections; the generator shares the machine's cores",
             kafka.version(),
             o.seconds,
             o.connections
         );
-        memory_and_drain(&kafka, &runtime, o.queue).await;
-        let address = runtime.address();
-        // The broker has only just started (and compiles its hot paths) and the runtime's
-        // connections are cold: a few seconds of the same load first, reported, not counted.
-        run_phase("warm-up (not counted)", &address, o.connections, o.warmup, None, None).await;
-        run_phase("single, saturation", &address, o.connections, o.seconds, None, None).await;
-        run_phase(&format!("batch of {}, saturation", o.batch), &address, 8, o.seconds, None, Some(o.batch)).await;
-        run_phase(&format!("single, fixed {} /s", o.rate), &address, o.connections, o.seconds, Some(o.rate), None).await;
-        println!("peak RSS after the runs: {:.1} MB", runtime.rss_bytes().unwrap_or(0) as f64 / 1e6);
-        drop(runtime);
-        with_authentication(&binary, &env, &o).await;
-        hostile_mix(&binary, &env, &o).await;
+        if o.runs(Section::Saturation) {
+            saturation(&kafka, &binary, &env, &o).await;
+        }
+        if o.runs(Section::Auth) {
+            with_authentication(&binary, &env, &o).await;
+        }
+        if o.runs(Section::Hostile) {
+            hostile_mix(&binary, &env, &o).await;
+        }
     });
     std::process::ExitCode::SUCCESS
 }
